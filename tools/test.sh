@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# tools/test.sh - set up (tools/setup.sh) and run every test: the C unit tests (meson test) and the
+# Python suite (pytest). Exits non-zero if anything fails.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+bash tools/setup.sh
+# shellcheck disable=SC1091
+. .venv/bin/activate
+
+echo "== C unit tests"
+FIX="$ROOT/build/fixtures"
+rm -rf "$FIX"; mkdir -p "$FIX"
+python tests/c/make_zarr_fixtures.py "$FIX/zarr" >/dev/null
+python tests/c/make_h5_fixtures.py "$FIX/h5" >/dev/null
+export ANS_ZARR_FIXTURES="$FIX/zarr" ANS_H5_FIXTURES="$FIX/h5"
+if [ ! -f build/c/build.ninja ]; then meson setup build/c -Dpython=false --buildtype=debugoptimized >/dev/null; fi
+meson test -C build/c --print-errorlogs
+
+echo "== Python tests"
+python -m pytest -q tests/python
