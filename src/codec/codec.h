@@ -1,9 +1,10 @@
 /* codec.h - byte codecs (internal). Layer 1: depends on common/ only.
  *
  * Pure byte-to-byte functions for the codecs zarr and numcodecs use. Every decoder validates its
- * input before trusting any size in it, never writes past `dstcap`, and never allocates from a size
- * read from the input beyond `dstcap`. On failure: ANS_ECORRUPT (or ANS_EUNSUPPORTED) with a message
- * naming the codec and the reason; the caller prefixes the file and element.
+ * input before trusting any size in it, never writes past `dstcap`, and never allocates from a
+ * size read from the input beyond `dstcap`. On failure: ANS_ECORRUPT (or ANS_EUNSUPPORTED) with a
+ * one-line message that starts with the codec name ("blosc: ...") and gives the reason; the caller
+ * prefixes the file and element. `*outlen` is written on success only.
  *
  * Decoders take a per-thread context (ans_codec_ctx) holding reusable decompression state (a zstd
  * DCtx, a zlib stream); one context must not be used by two threads at once. */
@@ -17,27 +18,42 @@
 
 typedef struct ans_codec_ctx ans_codec_ctx;
 
+/* A context starts empty; the zstd and zlib states are created on first use and then reused.
+ * @return ANS_OK or ANS_ENOMEM. */
 int ans_codec_ctx_new(ans_codec_ctx **out);
+/* NULL-tolerant. */
 void ans_codec_ctx_free(ans_codec_ctx *ctx);
+
+/* For the decoders in src/codec only: the context's zstd DCtx, and its inflate stream reset for
+ * `window_bits` (15 zlib, 31 gzip). ANS_OK or ANS_ENOMEM. */
+struct ZSTD_DCtx_s;
+struct z_stream_s;
+int ans_codec_ctx_zstd(ans_codec_ctx *ctx, struct ZSTD_DCtx_s **out);
+int ans_codec_ctx_inflate(ans_codec_ctx *ctx, int window_bits, struct z_stream_s **out);
 
 /* Decoders. `dst` has room for `dstcap` bytes; *outlen receives the number written.
  * If the decoded data would exceed dstcap, the function fails with ANS_ECORRUPT. */
 
-/* Blosc1 frame (c-blosc 1.x format, version 2): full header and block-table validation, then
+/* Blosc1 frame (c-blosc 1.x format, version 2): full header, block-table and split validation, then
  * blosc_decompress_ctx. All codecs c-blosc was built with (blosclz, lz4, lz4hc, snappy, zlib, zstd)
- * and all shuffle modes. */
+ * and all shuffle modes. `ctx` is unused (c-blosc keeps its state on the stack) and may be NULL.
+ * ANS_EUNSUPPORTED for a codec c-blosc was built without, or a Blosc2 chunk (versions 3-5). */
 int ans_blosc_decode(ans_codec_ctx *ctx, const void *src, size_t srclen, void *dst, size_t dstcap,
                      size_t *outlen);
-/* Uncompressed size claimed by a validated blosc frame header. */
+/* Uncompressed size of a blosc frame, after the same validation as ans_blosc_decode. */
 int ans_blosc_nbytes(const void *src, size_t srclen, size_t *nbytes);
 
-/* One or more concatenated zstd frames, with or without content size. */
+/* One or more concatenated zstd frames (skippable frames allowed), with or without content size;
+ * frame checksums are verified. */
 int ans_zstd_decode(ans_codec_ctx *ctx, const void *src, size_t srclen, void *dst, size_t dstcap,
                     size_t *outlen);
-/* Sum of the frames' declared content sizes; ANS_EUNSUPPORTED (no message) when a frame lacks it. */
+/* Sum of the frames' declared content sizes; ANS_EUNSUPPORTED (no message set) when a frame
+ * lacks it. */
 int ans_zstd_content_size(const void *src, size_t srclen, uint64_t *size);
 
-/* zlib (RFC 1950) when gzip == 0; gzip (RFC 1952, possibly several members) when gzip == 1. */
+/* zlib (RFC 1950) when gzip == 0: exactly one stream, no trailing bytes. gzip (RFC 1952) when
+ * gzip == 1: one or more members; NUL padding between or after members is skipped (as Python's
+ * gzip.decompress does). */
 int ans_zlib_decode(ans_codec_ctx *ctx, const void *src, size_t srclen, void *dst, size_t dstcap,
                     size_t *outlen, int gzip);
 
@@ -47,27 +63,38 @@ int ans_lz4_decode(const void *src, size_t srclen, void *dst, size_t dstcap, siz
 int ans_lz4_nbytes(const void *src, size_t srclen, size_t *nbytes);
 
 /* CRC-32C (Castagnoli): ans_crc32c(0, data, n) is the checksum of data; chaining: pass the previous
- * result as `crc`. */
+ * result as `crc`. Uses the SSE4.2 instruction when the CPU has it. */
 uint32_t ans_crc32c(uint32_t crc, const void *data, size_t n);
+/* The same, always table-driven (slice-by-8); exposed so tests cover it on SSE4.2 machines. */
+uint32_t ans_crc32c_portable(uint32_t crc, const void *data, size_t n);
 
-/* vlen-utf8 (numcodecs VLenUTF8 and zarr v3 vlen-utf8): u32le item count, then per item u32le length
- * + bytes. Requires exactly `n_items` items. Appends the item bytes to `data` and writes n_items + 1
- * offsets (relative to data->len at entry: offsets[0] = 0) into `offsets`. */
+/* vlen-utf8 (numcodecs VLenUTF8 and zarr v3 vlen-utf8): u32le item count, then per item u32le
+ * length + bytes. Requires exactly `n_items` items and no trailing bytes. Appends the item bytes
+ * to `data` and writes n_items + 1 offsets (relative to data->len at entry: offsets[0] = 0) into
+ * `offsets`. Reserves at most srclen bytes, whatever the count says. The bytes are not checked to
+ * be UTF-8. On failure data->len is unchanged (offsets may be partly written). */
 int ans_vlen_utf8_decode(const void *src, size_t srclen, uint64_t n_items, uint64_t *offsets,
                          ans_buf *data);
 
-/* Byte-swap `n` values of `size` bytes (2, 4, 8, or 16 for complex128 as two 8-byte halves: pass
- * size 8 with twice the count) in place. */
+/* Byte-swap `n` values of `size` bytes in place (any alignment). For complex types swap the halves
+ * separately: complex128 is size 8 with twice the count. Sizes 0 and 1 are no-ops; other sizes are
+ * reversed byte by byte. */
 void ans_byteswap(void *data, size_t n, size_t size);
 
 /* Blosc / numcodecs shuffle helpers are internal to c-blosc; none is exposed here. */
 
 /* ---- Encoders (used by the collection writer). `dst` must hold ans_*_bound(srclen) bytes. ---- */
+/* srclen + 16: with that room a Blosc1 frame always fits (incompressible input is stored raw). */
 size_t ans_blosc_bound(size_t srclen);
-/* cname: "lz4", "lz4hc", "blosclz", "zstd", "zlib", "snappy"; shuffle: 0 none, 1 byte, 2 bit. */
+/* cname: "lz4", "lz4hc", "blosclz", "zstd", "zlib", "snappy" (ANS_EUNSUPPORTED when c-blosc lacks
+ * it); clevel 0..9; shuffle: 0 none, 1 byte, 2 bit, -1 auto (numcodecs: bit for typesize 1, else
+ * byte); typesize 1..255; blocksize chosen by c-blosc; nthreads <= 1 runs on the calling thread.
+ * Inputs over 2 GiB - 16 bytes cannot be one Blosc1 frame: ANS_EINVAL. */
 int ans_blosc_encode(const void *src, size_t srclen, void *dst, size_t dstcap, size_t *outlen,
                      const char *cname, int clevel, int shuffle, size_t typesize, int nthreads);
+/* ZSTD_compressBound; 0 when srclen is too large for zstd. */
 size_t ans_zstd_bound(size_t srclen);
+/* One zstd frame with the content size and no checksum; level 0 = libzstd's default (3). */
 int ans_zstd_encode(const void *src, size_t srclen, void *dst, size_t dstcap, size_t *outlen,
                     int level);
 

@@ -1,0 +1,237 @@
+/* blosc.c - Blosc1 frames (formats.md section 4) through c-blosc 1.x.
+ *
+ * blosc_decompress_ctx takes no source length: it trusts the cbytes field of the header and reads
+ * the block-start table and split sizes relative to it. So everything it will read is validated
+ * here against the real buffer first, mirroring c-blosc 1.21.3's own decoding rules (blosc.c,
+ * blosc_d, blosc_run_decompression_with_context); only a frame that passes is handed over. */
+#include "codec/codec.h"
+
+#include "common/error.h"
+
+#include <blosc.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <string.h>
+
+#define HDR 16
+/* c-blosc's decoding constants (blosc.c: MIN_BUFFERSIZE, MAX_SPLITS); they decide when a block was
+ * split into typesize streams, which the frame does not record unless the 0x10 flag is set. */
+#define MIN_BUFFERSIZE 128
+#define MAX_SPLITS 16
+#define FLAG_DONT_SPLIT 0x10
+#define FLAG_RESERVED 0x08
+
+typedef struct blosc_hdr {
+    unsigned version, versionlz, flags, typesize;
+    uint32_t nbytes, blocksize, cbytes;
+} blosc_hdr;
+
+/* Indexed by the codec id in bits 5-7 of the flags. lz4hc shares lz4's format. */
+static const char *const codec_names[] = {"blosclz", "lz4", "snappy", "zlib", "zstd"};
+#define N_CODECS (sizeof codec_names / sizeof codec_names[0])
+
+static uint32_t rd32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* The block-start table and every split's size field and payload must lie inside the frame. */
+static int check_blocks(const uint8_t *s, const blosc_hdr *h)
+{
+    uint32_t leftover = h->nbytes % h->blocksize;
+    uint32_t nblocks = h->nbytes / h->blocksize + (leftover != 0);
+    uint64_t table_end = HDR + 4 * (uint64_t)nblocks;
+    if (table_end > h->cbytes)
+        return ans_err(ANS_ECORRUPT,
+                       "blosc: %" PRIu32 " block starts (nbytes %" PRIu32 ", blocksize %" PRIu32
+                       ") do not fit in a %" PRIu32 "-byte frame",
+                       nblocks, h->nbytes, h->blocksize, h->cbytes);
+    int dont_split = (h->flags & FLAG_DONT_SPLIT) != 0;
+    for (uint32_t j = 0; j < nblocks; j++) {
+        int partial = j == nblocks - 1 && leftover > 0;
+        uint32_t bsize = partial ? leftover : h->blocksize;
+        /* blosc_d's rule, including its compatibility case for frames without the 0x10 flag. */
+        uint32_t nsplits = !dont_split && !partial && h->typesize <= MAX_SPLITS &&
+                                   bsize / h->typesize >= MIN_BUFFERSIZE
+                               ? h->typesize
+                               : 1;
+        /* Otherwise c-blosc decodes nsplits * (bsize / nsplits) bytes, leaves the rest of the
+         * block unwritten and still reports success. c-blosc writers never produce this. */
+        if (bsize % nsplits != 0)
+            return ans_err(ANS_ECORRUPT,
+                           "blosc: block size %" PRIu32 " is not a multiple of typesize %u", bsize,
+                           h->typesize);
+        uint64_t pos = rd32(s + HDR + 4 * (size_t)j);
+        if (pos < table_end || pos > h->cbytes)
+            return ans_err(ANS_ECORRUPT,
+                           "blosc: block %" PRIu32 " starts at offset %" PRIu64
+                           ", outside the frame's data [%" PRIu64 ", %" PRIu32 ")",
+                           j, pos, table_end, h->cbytes);
+        for (uint32_t k = 0; k < nsplits; k++) {
+            if (pos + 4 > h->cbytes)
+                return ans_err(ANS_ECORRUPT,
+                               "blosc: block %" PRIu32 " stream %" PRIu32
+                               ": size field at offset %" PRIu64 " is past the end of the %" PRIu32
+                               "-byte frame",
+                               j, k, pos, h->cbytes);
+            uint32_t csize = rd32(s + pos);
+            pos += 4;
+            if (csize > h->cbytes - pos) /* also rejects "negative" int32 sizes */
+                return ans_err(ANS_ECORRUPT,
+                               "blosc: block %" PRIu32 " stream %" PRIu32 " claims %" PRIu32
+                               " compressed bytes but only %" PRIu64 " remain in the frame",
+                               j, k, csize, h->cbytes - pos);
+            pos += csize;
+        }
+    }
+    return ANS_OK;
+}
+
+static int blosc_validate(const void *src, size_t srclen, blosc_hdr *h)
+{
+    const uint8_t *s = src;
+    if (srclen < HDR)
+        return ans_err(ANS_ECORRUPT, "blosc: frame is %zu bytes, shorter than the 16-byte header",
+                       srclen);
+    h->version = s[0];
+    h->versionlz = s[1];
+    h->flags = s[2];
+    h->typesize = s[3];
+    h->nbytes = rd32(s + 4);
+    h->blocksize = rd32(s + 8);
+    h->cbytes = rd32(s + 12);
+
+    if (h->version != BLOSC_VERSION_FORMAT) {
+        if (h->version >= 3 && h->version <= 5)
+            return ans_err(ANS_EUNSUPPORTED,
+                           "blosc: format version %u is a Blosc2 chunk; only Blosc1 (version 2) "
+                           "frames are supported",
+                           h->version);
+        return ans_err(ANS_ECORRUPT, "blosc: unknown format version %u (expected 2)", h->version);
+    }
+    if (h->flags & FLAG_RESERVED)
+        return ans_err(ANS_ECORRUPT, "blosc: reserved flag bit 0x08 is set (flags 0x%02x)",
+                       h->flags);
+    if (h->typesize == 0) return ans_err(ANS_ECORRUPT, "blosc: typesize is 0");
+    if (h->cbytes != srclen)
+        return ans_err(ANS_ECORRUPT,
+                       "blosc: frame is %zu bytes but its header claims %" PRIu32 " (cbytes)",
+                       srclen, h->cbytes);
+    /* c-blosc keeps sizes in int32: larger values would turn negative inside it. */
+    if (h->nbytes > BLOSC_MAX_BUFFERSIZE)
+        return ans_err(ANS_ECORRUPT,
+                       "blosc: header claims %" PRIu32 " uncompressed bytes, over the Blosc1 "
+                       "limit of %d",
+                       h->nbytes, BLOSC_MAX_BUFFERSIZE);
+    if (h->cbytes > INT32_MAX)
+        return ans_err(ANS_ECORRUPT, "blosc: frame of %" PRIu32 " bytes is over the 2 GiB limit",
+                       h->cbytes);
+    if (h->nbytes == 0) {
+        /* c-blosc writes an empty input as a bare header (with blocksize 1) and decodes it without
+         * looking further. */
+        if (h->cbytes != HDR)
+            return ans_err(ANS_ECORRUPT,
+                           "blosc: empty frame has %" PRIu32 " bytes after its header",
+                           h->cbytes - HDR);
+        return ANS_OK;
+    }
+    if (h->blocksize == 0 || h->blocksize > h->nbytes || h->blocksize > BLOSC_MAX_BLOCKSIZE)
+        return ans_err(ANS_ECORRUPT,
+                       "blosc: block size %" PRIu32 " is outside 1..%" PRIu32 " (nbytes)",
+                       h->blocksize, h->nbytes);
+    if (h->flags & BLOSC_MEMCPYED) {
+        if ((uint64_t)h->nbytes + HDR != h->cbytes)
+            return ans_err(ANS_ECORRUPT,
+                           "blosc: uncompressed frame is %" PRIu32 " bytes but should be %" PRIu64
+                           " (nbytes + 16)",
+                           h->cbytes, (uint64_t)h->nbytes + HDR);
+        return ANS_OK;
+    }
+    /* Only compressed frames go through a codec; c-blosc ignores the codec of raw frames too. */
+    unsigned codec = h->flags >> 5;
+    if (codec >= N_CODECS)
+        return ans_err(ANS_ECORRUPT, "blosc: unknown codec id %u (flags 0x%02x)", codec, h->flags);
+    if (h->versionlz != 1)
+        return ans_err(ANS_ECORRUPT, "blosc: unknown %s format version %u (expected 1)",
+                       codec_names[codec], h->versionlz);
+    if (blosc_compname_to_compcode(codec_names[codec]) < 0)
+        return ans_err(ANS_EUNSUPPORTED,
+                       "blosc: frame uses the %s codec, which the linked c-blosc %s was built "
+                       "without",
+                       codec_names[codec], blosc_get_version_string());
+    return check_blocks(s, h);
+}
+
+int ans_blosc_nbytes(const void *src, size_t srclen, size_t *nbytes)
+{
+    blosc_hdr h = {0};
+    ANS_TRY(blosc_validate(src, srclen, &h));
+    *nbytes = h.nbytes;
+    return ANS_OK;
+}
+
+int ans_blosc_decode(ans_codec_ctx *ctx, const void *src, size_t srclen, void *dst, size_t dstcap,
+                     size_t *outlen)
+{
+    (void)ctx;
+    blosc_hdr h = {0};
+    ANS_TRY(blosc_validate(src, srclen, &h));
+    if (h.nbytes > dstcap)
+        return ans_err(ANS_ECORRUPT,
+                       "blosc: frame decodes to %" PRIu32 " bytes, more than the %zu expected",
+                       h.nbytes, dstcap);
+    if (h.nbytes == 0) {
+        *outlen = 0;
+        return ANS_OK;
+    }
+    if (h.flags & BLOSC_MEMCPYED) {
+        /* What c-blosc would do, minus its per-call scratch allocation. */
+        memcpy(dst, (const uint8_t *)src + HDR, h.nbytes);
+        *outlen = h.nbytes;
+        return ANS_OK;
+    }
+    /* destsize = nbytes: c-blosc then also rejects a blocksize above it (validated anyway). */
+    int r = blosc_decompress_ctx(src, dst, h.nbytes, 1);
+    if (r != (int)h.nbytes)
+        return ans_err(ANS_ECORRUPT,
+                       "blosc: %s data is corrupt (c-blosc returned %d, expected %" PRIu32 ")",
+                       codec_names[h.flags >> 5], r, h.nbytes);
+    *outlen = h.nbytes;
+    return ANS_OK;
+}
+
+size_t ans_blosc_bound(size_t srclen)
+{
+    return srclen + BLOSC_MAX_OVERHEAD;
+}
+
+int ans_blosc_encode(const void *src, size_t srclen, void *dst, size_t dstcap, size_t *outlen,
+                     const char *cname, int clevel, int shuffle, size_t typesize, int nthreads)
+{
+    /* c-blosc prints to stderr on an unknown compressor, level or shuffle: catch them first. */
+    if (!cname || blosc_compname_to_compcode(cname) < 0)
+        return ans_err(ANS_EUNSUPPORTED,
+                       "blosc: compressor '%s' is not available (this c-blosc has %s)",
+                       cname ? cname : "(null)", blosc_list_compressors());
+    if (clevel < 0 || clevel > 9)
+        return ans_err(ANS_EINVAL, "blosc: clevel %d is outside 0..9", clevel);
+    if (typesize < 1 || typesize > BLOSC_MAX_TYPESIZE)
+        return ans_err(ANS_EINVAL, "blosc: typesize %zu is outside 1..%d", typesize,
+                       BLOSC_MAX_TYPESIZE);
+    if (shuffle == -1) shuffle = typesize == 1 ? BLOSC_BITSHUFFLE : BLOSC_SHUFFLE;
+    if (shuffle < BLOSC_NOSHUFFLE || shuffle > BLOSC_BITSHUFFLE)
+        return ans_err(ANS_EINVAL, "blosc: shuffle %d is not -1, 0, 1 or 2", shuffle);
+    if (srclen > BLOSC_MAX_BUFFERSIZE)
+        return ans_err(ANS_EINVAL, "blosc: %zu bytes exceed the %d-byte limit of one Blosc1 frame",
+                       srclen, BLOSC_MAX_BUFFERSIZE);
+    if (dstcap < ans_blosc_bound(srclen))
+        return ans_err(ANS_EINVAL, "blosc: output buffer of %zu bytes is under the bound %zu",
+                       dstcap, ans_blosc_bound(srclen));
+    /* With srclen + 16 bytes of room c-blosc falls back to a raw copy instead of failing. Passing
+     * the bound, not dstcap, also keeps the size inside the int32 c-blosc stores it in. */
+    int r = blosc_compress_ctx(clevel, shuffle, typesize, srclen, src, dst, ans_blosc_bound(srclen),
+                               cname, 0, nthreads < 1 ? 1 : nthreads);
+    if (r <= 0) return ans_err(ANS_EGENERIC, "blosc: %s compression failed (%d)", cname, r);
+    *outlen = (size_t)r;
+    return ANS_OK;
+}
