@@ -32,9 +32,20 @@ int ans_kv_get_suffix(ans_kv *kv, const char *key, uint64_t len, void *dst, uint
 /* Size of a value; ANS_ENOTFOUND if missing. */
 int ans_kv_size(ans_kv *kv, const char *key, uint64_t *size);
 /* Names of the direct children of `prefix` ("" = root), keys and sub-prefixes alike, sorted.
- * *names is one ans_malloc'd array of `*n` strings, freed by ans_kv_names_free. */
+ * *names is an ans_malloc'd array of `*n` ans_strdup'd strings; ans_kv_names_free frees each string
+ * and the array (any producer of such a list, e.g. the container children ops, must match). */
 int ans_kv_list(ans_kv *kv, const char *prefix, char ***names, size_t *n);
 void ans_kv_names_free(char **names, size_t n);
+/* Part of a value into a growable buffer, sized only once the value's size is known (so a bogus `len`
+ * taken from metadata never allocates more than the file holds): from_end = 0 gives the first `len`
+ * bytes, from_end = 1 the last `len` bytes (a shard index at the start or end). out->len = len.
+ * *total (if not NULL) receives the value's size. ANS_ENOTFOUND (no message) if missing;
+ * ANS_ECORRUPT if the value is shorter than `len`. One open + fstat + pread. */
+int ans_kv_get_part(ans_kv *kv, const char *key, int from_end, uint64_t len, ans_buf *out,
+                    uint64_t *total);
+/* Total size and number of the values under `prefix` ("" = everything), recursively. Missing prefix:
+ * ANS_ENOTFOUND (no message). A prefix naming a value counts that value. */
+int ans_kv_du(ans_kv *kv, const char *prefix, uint64_t *bytes, uint64_t *count);
 /* Write a value atomically (temporary file + rename), creating parent directories. */
 int ans_kv_set(ans_kv *kv, const char *key, const void *data, size_t len);
 
