@@ -1,0 +1,1294 @@
+/*
+ * _core.c - the CPython extension of annstream: a thin layer over the public C API (annstream.h).
+ *
+ * Types (heap types, created per module with PyType_FromModuleAndSpec; none can be instantiated
+ * from Python):
+ *   Store    an open ans_store; read_frame, element, describe, close.
+ *   Element  an open ans_element; read_rows, read_range, close.
+ *   Rows     owns one ans_rows result; hands out Buffer objects over its buffers.
+ *   Buffer   exports one buffer of a Rows through the buffer protocol (zero-copy into numpy). It
+ *            holds a strong reference to its Rows, so the ans_rows is freed only when the last numpy
+ *            view of any of its buffers is gone.
+ *
+ * Concurrency: every call into the library that may do I/O or decode runs with the GIL released.
+ * Store and Element objects count the calls in flight (`busy`, only ever touched with the GIL
+ * held); close() marks the object closing, so that new calls raise ValueError, then waits (GIL
+ * released) for the calls in flight to finish before freeing the handle.
+ *
+ * Errors: library status codes become Python exceptions (see raise_status); the message is
+ * ans_error_last(), read on the thread that made the failing call, right after it.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(_WIN32)
+#include <windows.h>
+#else
+#include <time.h>
+#endif
+
+#include "annstream.h"
+
+/* ---------------------------------------------------------------------------------------------- */
+/* module state                                                                                    */
+
+typedef struct {
+    PyObject *FormatError;
+    PyTypeObject *StoreType;
+    PyTypeObject *ElementType;
+    PyTypeObject *RowsType;
+    PyTypeObject *BufferType;
+} module_state;
+
+static struct PyModuleDef core_module;
+
+static module_state *state_of_module(PyObject *module) {
+    return (module_state *)PyModule_GetState(module);
+}
+
+/* State from an instance of one of this module's types. */
+static module_state *state_of_type(PyTypeObject *type) {
+    PyObject *module = PyType_GetModuleByDef(type, &core_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    return state_of_module(module);
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* helpers                                                                                         */
+
+static void sleep_briefly(void) {
+#if defined(_WIN32)
+    Sleep(1);
+#else
+    struct timespec ts = {0, 1000000L}; /* 1 ms */
+    nanosleep(&ts, NULL);
+#endif
+}
+
+/* Turn a failed status into a Python exception. `at_open` maps ANS_ENOTFOUND to FileNotFoundError
+ * (naming `filename`), else to KeyError. Returns NULL. */
+static PyObject *raise_status(module_state *st, int code, int at_open, PyObject *filename) {
+    const char *msg = ans_error_last();
+    if (msg == NULL || msg[0] == '\0') {
+        msg = "annstream: unknown error";
+    }
+    PyObject *text = PyUnicode_DecodeUTF8(msg, (Py_ssize_t)strlen(msg), "replace");
+    if (text == NULL) {
+        return NULL;
+    }
+    PyObject *exc = NULL;
+    switch (code) {
+    case ANS_ECORRUPT:
+    case ANS_EUNSUPPORTED:
+        PyErr_SetObject(st->FormatError, text);
+        break;
+    case ANS_ENOTFOUND:
+        if (at_open) {
+            exc = PyObject_CallFunction(PyExc_FileNotFoundError, "iOO", ENOENT, text,
+                                        filename != NULL ? filename : Py_None);
+            if (exc != NULL) {
+                PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+                Py_DECREF(exc);
+            }
+        } else {
+            PyErr_SetObject(PyExc_KeyError, text);
+        }
+        break;
+    case ANS_EINVAL:
+        PyErr_SetObject(PyExc_ValueError, text);
+        break;
+    case ANS_ENOMEM:
+        PyErr_SetObject(PyExc_MemoryError, text);
+        break;
+    case ANS_EIO:
+        exc = PyObject_CallFunction(PyExc_OSError, "iO", EIO, text);
+        if (exc != NULL) {
+            PyErr_SetObject((PyObject *)Py_TYPE(exc), exc);
+            Py_DECREF(exc);
+        }
+        break;
+    default:
+        PyErr_SetObject(PyExc_RuntimeError, text);
+        break;
+    }
+    Py_DECREF(text);
+    return NULL;
+}
+
+static PyObject *closed_error(const char *what) {
+    PyErr_Format(PyExc_ValueError, "I/O operation on a closed annstream %s", what);
+    return NULL;
+}
+
+static const char *format_name(ans_format f) {
+    switch (f) {
+    case ANS_FORMAT_DENSE:
+        return "dense";
+    case ANS_FORMAT_CSR:
+        return "csr";
+    case ANS_FORMAT_CSC:
+        return "csc";
+    }
+    return "unknown";
+}
+
+static PyObject *shape_tuple(const uint64_t *shape, int ndim) {
+    if (ndim < 0) {
+        ndim = 0;
+    }
+    PyObject *t = PyTuple_New(ndim);
+    if (t == NULL) {
+        return NULL;
+    }
+    for (int i = 0; i < ndim; i++) {
+        PyObject *v = PyLong_FromUnsignedLongLong((unsigned long long)shape[i]);
+        if (v == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, i, v);
+    }
+    return t;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Buffer                                                                                          */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner; /* keeps the memory alive (a Rows) */
+    void *ptr;
+    Py_ssize_t len;
+} BufferObject;
+
+static char empty_buffer[1];
+
+static int Buffer_getbuffer(PyObject *op, Py_buffer *view, int flags) {
+    BufferObject *self = (BufferObject *)op;
+    void *ptr = self->ptr != NULL ? self->ptr : (void *)empty_buffer;
+    return PyBuffer_FillInfo(view, op, ptr, self->len, 0, flags);
+}
+
+static void Buffer_dealloc(PyObject *op) {
+    BufferObject *self = (BufferObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    Py_CLEAR(self->owner);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *Buffer_get_nbytes(PyObject *op, void *closure) {
+    (void)closure;
+    return PyLong_FromSsize_t(((BufferObject *)op)->len);
+}
+
+static PyObject *Buffer_get_owner(PyObject *op, void *closure) {
+    (void)closure;
+    return Py_NewRef(((BufferObject *)op)->owner);
+}
+
+static PyGetSetDef Buffer_getset[] = {
+    {"nbytes", Buffer_get_nbytes, NULL, "Size of the buffer in bytes.", NULL},
+    {"owner", Buffer_get_owner, NULL, "The object owning the memory.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Buffer_slots[] = {
+    {Py_tp_doc, (void *)"A writable byte buffer over memory owned by annstream (zero-copy)."},
+    {Py_tp_dealloc, (void *)Buffer_dealloc},
+    {Py_tp_getset, (void *)Buffer_getset},
+    {Py_bf_getbuffer, (void *)Buffer_getbuffer},
+    {0, NULL},
+};
+
+static PyType_Spec Buffer_spec = {
+    .name = "annstream._core.Buffer",
+    .basicsize = sizeof(BufferObject),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Buffer_slots,
+};
+
+static PyObject *buffer_new(module_state *st, PyObject *owner, void *ptr, Py_ssize_t len) {
+    BufferObject *b = (BufferObject *)PyType_GenericAlloc(st->BufferType, 0);
+    if (b == NULL) {
+        return NULL;
+    }
+    b->owner = Py_NewRef(owner);
+    b->ptr = ptr;
+    b->len = len;
+    return (PyObject *)b;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Rows                                                                                            */
+
+typedef struct {
+    PyObject_HEAD
+    ans_rows *rows;
+} RowsObject;
+
+static void Rows_dealloc(PyObject *op) {
+    RowsObject *self = (RowsObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    ans_rows_free(self->rows);
+    self->rows = NULL;
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+/* Byte size of `count` items of `itemsize` bytes, or -1 (with an exception) on overflow. */
+static Py_ssize_t byte_size(uint64_t count, size_t itemsize) {
+    if (itemsize != 0 && count > (uint64_t)PY_SSIZE_T_MAX / itemsize) {
+        PyErr_SetString(PyExc_OverflowError, "annstream: result too large for this platform");
+        return -1;
+    }
+    return (Py_ssize_t)(count * itemsize);
+}
+
+static PyObject *Rows_get_format(PyObject *op, void *closure) {
+    (void)closure;
+    return PyUnicode_FromString(format_name(ans_rows_format(((RowsObject *)op)->rows)));
+}
+
+static PyObject *Rows_get_shape(PyObject *op, void *closure) {
+    (void)closure;
+    const ans_rows *r = ((RowsObject *)op)->rows;
+    return shape_tuple(ans_rows_shape(r), ans_rows_ndim(r));
+}
+
+static PyObject *Rows_get_dtype(PyObject *op, void *closure) {
+    (void)closure;
+    return PyUnicode_FromString(ans_dtype_name(ans_rows_dtype(((RowsObject *)op)->rows)));
+}
+
+static PyObject *Rows_get_index_dtype(PyObject *op, void *closure) {
+    (void)closure;
+    const ans_rows *r = ((RowsObject *)op)->rows;
+    if (ans_rows_format(r) != ANS_FORMAT_CSR) {
+        Py_RETURN_NONE;
+    }
+    return PyUnicode_FromString(ans_dtype_name(ans_rows_index_dtype(r)));
+}
+
+static PyObject *Rows_get_nnz(PyObject *op, void *closure) {
+    (void)closure;
+    const ans_rows *r = ((RowsObject *)op)->rows;
+    if (ans_rows_format(r) != ANS_FORMAT_CSR) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromUnsignedLongLong((unsigned long long)ans_rows_nnz(r));
+}
+
+static PyObject *Rows_get_data(PyObject *op, void *closure) {
+    (void)closure;
+    const ans_rows *r = ((RowsObject *)op)->rows;
+    module_state *st = state_of_type(Py_TYPE(op));
+    if (st == NULL) {
+        return NULL;
+    }
+    size_t itemsize = ans_dtype_size(ans_rows_dtype(r));
+    uint64_t count;
+    if (ans_rows_format(r) == ANS_FORMAT_CSR) {
+        count = ans_rows_nnz(r);
+    } else {
+        const uint64_t *shape = ans_rows_shape(r);
+        int ndim = ans_rows_ndim(r);
+        count = 1;
+        for (int i = 0; i < ndim; i++) {
+            if (shape[i] != 0 && count > UINT64_MAX / shape[i]) {
+                PyErr_SetString(PyExc_OverflowError, "annstream: result too large");
+                return NULL;
+            }
+            count *= shape[i];
+        }
+    }
+    Py_ssize_t len = byte_size(count, itemsize);
+    if (len < 0) {
+        return NULL;
+    }
+    return buffer_new(st, op, ans_rows_data(r), len);
+}
+
+static PyObject *Rows_get_indices(PyObject *op, void *closure) {
+    (void)closure;
+    const ans_rows *r = ((RowsObject *)op)->rows;
+    if (ans_rows_format(r) != ANS_FORMAT_CSR) {
+        Py_RETURN_NONE;
+    }
+    module_state *st = state_of_type(Py_TYPE(op));
+    if (st == NULL) {
+        return NULL;
+    }
+    Py_ssize_t len = byte_size(ans_rows_nnz(r), ans_dtype_size(ans_rows_index_dtype(r)));
+    if (len < 0) {
+        return NULL;
+    }
+    return buffer_new(st, op, ans_rows_indices(r), len);
+}
+
+static PyObject *Rows_get_indptr(PyObject *op, void *closure) {
+    (void)closure;
+    const ans_rows *r = ((RowsObject *)op)->rows;
+    if (ans_rows_format(r) != ANS_FORMAT_CSR) {
+        Py_RETURN_NONE;
+    }
+    module_state *st = state_of_type(Py_TYPE(op));
+    if (st == NULL) {
+        return NULL;
+    }
+    const uint64_t *shape = ans_rows_shape(r);
+    uint64_t nrows = ans_rows_ndim(r) > 0 ? shape[0] : 0;
+    if (nrows == UINT64_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "annstream: result too large");
+        return NULL;
+    }
+    Py_ssize_t len = byte_size(nrows + 1, ans_dtype_size(ans_rows_index_dtype(r)));
+    if (len < 0) {
+        return NULL;
+    }
+    return buffer_new(st, op, ans_rows_indptr(r), len);
+}
+
+static PyGetSetDef Rows_getset[] = {
+    {"format", Rows_get_format, NULL, "'dense' or 'csr'.", NULL},
+    {"shape", Rows_get_shape, NULL, "Shape of the result.", NULL},
+    {"dtype", Rows_get_dtype, NULL, "numpy name of the value type.", NULL},
+    {"index_dtype", Rows_get_index_dtype, NULL, "CSR: numpy name of the index type.", NULL},
+    {"nnz", Rows_get_nnz, NULL, "CSR: number of stored values.", NULL},
+    {"data", Rows_get_data, NULL, "Buffer over the values (dense array or CSR data).", NULL},
+    {"indices", Rows_get_indices, NULL, "CSR: buffer over the column indices.", NULL},
+    {"indptr", Rows_get_indptr, NULL, "CSR: buffer over the row pointers.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Rows_slots[] = {
+    {Py_tp_doc, (void *)"Rows read from an element; owns the result buffers."},
+    {Py_tp_dealloc, (void *)Rows_dealloc},
+    {Py_tp_getset, (void *)Rows_getset},
+    {0, NULL},
+};
+
+static PyType_Spec Rows_spec = {
+    .name = "annstream._core.Rows",
+    .basicsize = sizeof(RowsObject),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Rows_slots,
+};
+
+static PyObject *rows_new(module_state *st, ans_rows *rows) {
+    RowsObject *r = (RowsObject *)PyType_GenericAlloc(st->RowsType, 0);
+    if (r == NULL) {
+        ans_rows_free(rows);
+        return NULL;
+    }
+    r->rows = rows;
+    return (PyObject *)r;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Store                                                                                           */
+
+typedef struct {
+    PyObject_HEAD
+    ans_store *store;
+    PyObject *path;    /* str */
+    Py_ssize_t busy;   /* calls in flight (GIL held when changed) */
+    int closing;
+} StoreObject;
+
+static int store_enter(StoreObject *self) {
+    if (self->store == NULL || self->closing) {
+        closed_error("store");
+        return -1;
+    }
+    self->busy++;
+    return 0;
+}
+
+static void store_leave(StoreObject *self) {
+    self->busy--;
+}
+
+static void Store_dealloc(PyObject *op) {
+    StoreObject *self = (StoreObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    /* No call can be in flight: each one holds a reference to the store. */
+    ans_store_free(self->store);
+    self->store = NULL;
+    Py_CLEAR(self->path);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *Store_close(PyObject *op, PyObject *unused) {
+    (void)unused;
+    StoreObject *self = (StoreObject *)op;
+    if (self->store == NULL || self->closing) {
+        /* already closed, or being closed by another thread */
+        Py_RETURN_NONE;
+    }
+    self->closing = 1;
+    while (self->busy > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        sleep_briefly();
+        Py_END_ALLOW_THREADS
+    }
+    ans_store *store = self->store;
+    self->store = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    ans_store_free(store);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyObject *Store_get_closed(PyObject *op, void *closure) {
+    (void)closure;
+    StoreObject *self = (StoreObject *)op;
+    return PyBool_FromLong(self->store == NULL || self->closing);
+}
+
+static PyObject *Store_get_path(PyObject *op, void *closure) {
+    (void)closure;
+    return Py_NewRef(((StoreObject *)op)->path);
+}
+
+#define STORE_CHECK_OPEN(self)                                                                     \
+    do {                                                                                           \
+        if ((self)->store == NULL || (self)->closing) {                                            \
+            return closed_error("store");                                                          \
+        }                                                                                          \
+    } while (0)
+
+static PyObject *Store_get_container(PyObject *op, void *closure) {
+    (void)closure;
+    StoreObject *self = (StoreObject *)op;
+    STORE_CHECK_OPEN(self);
+    return PyUnicode_FromString(ans_store_container(self->store));
+}
+
+static PyObject *Store_get_n_obs(PyObject *op, void *closure) {
+    (void)closure;
+    StoreObject *self = (StoreObject *)op;
+    STORE_CHECK_OPEN(self);
+    return PyLong_FromUnsignedLongLong((unsigned long long)ans_store_n_obs(self->store));
+}
+
+static PyObject *Store_get_n_vars(PyObject *op, void *closure) {
+    (void)closure;
+    StoreObject *self = (StoreObject *)op;
+    STORE_CHECK_OPEN(self);
+    return PyLong_FromUnsignedLongLong((unsigned long long)ans_store_n_vars(self->store));
+}
+
+static PyObject *Store_get_threads(PyObject *op, void *closure) {
+    (void)closure;
+    StoreObject *self = (StoreObject *)op;
+    STORE_CHECK_OPEN(self);
+    return PyLong_FromLong(ans_store_threads(self->store));
+}
+
+static PyObject *Store_keys(PyObject *op, PyObject *unused) {
+    (void)unused;
+    StoreObject *self = (StoreObject *)op;
+    STORE_CHECK_OPEN(self);
+    size_t n = ans_store_n_keys(self->store);
+    if (n > (size_t)PY_SSIZE_T_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "too many keys");
+        return NULL;
+    }
+    PyObject *t = PyTuple_New((Py_ssize_t)n);
+    if (t == NULL) {
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const char *key = ans_store_key(self->store, i);
+        PyObject *s = PyUnicode_FromString(key != NULL ? key : "");
+        if (s == NULL) {
+            Py_DECREF(t);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(t, (Py_ssize_t)i, s);
+    }
+    return t;
+}
+
+static PyObject *Store_describe(PyObject *op, PyObject *args, PyObject *kwargs) {
+    StoreObject *self = (StoreObject *)op;
+    static char *kwlist[] = {"json", NULL};
+    int json = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|p:describe", kwlist, &json)) {
+        return NULL;
+    }
+    module_state *st = state_of_type(Py_TYPE(op));
+    if (st == NULL || store_enter(self) < 0) {
+        return NULL;
+    }
+    char *text = NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ans_store_describe(self->store, json, &text);
+    Py_END_ALLOW_THREADS
+    store_leave(self);
+    PyObject *result = NULL;
+    if (rc != ANS_OK) {
+        raise_status(st, rc, 0, NULL);
+    } else {
+        result = PyUnicode_DecodeUTF8(text != NULL ? text : "", text != NULL ? (Py_ssize_t)strlen(text) : 0,
+                                      "replace");
+    }
+    ans_free(text);
+    return result;
+}
+
+/* ---- frames ---- */
+
+static const char *column_kind_name(ans_column_kind kind) {
+    switch (kind) {
+    case ANS_COLUMN_NUMERIC:
+        return "numeric";
+    case ANS_COLUMN_STRING:
+        return "string";
+    case ANS_COLUMN_CATEGORICAL:
+        return "categorical";
+    case ANS_COLUMN_NULLABLE_INT:
+        return "nullable-integer";
+    case ANS_COLUMN_NULLABLE_BOOL:
+        return "nullable-boolean";
+    case ANS_COLUMN_NULLABLE_STRING:
+        return "nullable-string";
+    }
+    return "unknown";
+}
+
+/* A list of `n` str decoded from UTF-8 items data[offsets[i]:offsets[i+1]]. */
+static PyObject *strings_to_list(module_state *st, const uint64_t *offsets, const char *data,
+                                 uint64_t n, const char *what) {
+    if (n > (uint64_t)PY_SSIZE_T_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "annstream: too many strings");
+        return NULL;
+    }
+    if (n > 0 && offsets == NULL) {
+        PyErr_Format(st->FormatError, "annstream: column %s has no string offsets", what);
+        return NULL;
+    }
+    PyObject *list = PyList_New((Py_ssize_t)n);
+    if (list == NULL) {
+        return NULL;
+    }
+    PyObject *prev = NULL;
+    uint64_t prev_start = 0, prev_len = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        uint64_t start = offsets[i], stop = offsets[i + 1];
+        if (stop < start || stop - start > (uint64_t)PY_SSIZE_T_MAX || (stop > start && data == NULL)) {
+            PyErr_Format(st->FormatError, "annstream: column %s has bad string offsets at item %llu",
+                         what, (unsigned long long)i);
+            Py_DECREF(list);
+            return NULL;
+        }
+        uint64_t len = stop - start;
+        PyObject *s;
+        if (prev != NULL && len == prev_len &&
+            (len == 0 || memcmp(data + start, data + prev_start, (size_t)len) == 0)) {
+            s = Py_NewRef(prev); /* runs of equal strings share one object */
+        } else {
+            s = PyUnicode_DecodeUTF8(len > 0 ? data + start : "", (Py_ssize_t)len, "strict");
+            if (s == NULL) {
+                Py_DECREF(list);
+                return NULL;
+            }
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, s);
+        prev = s;
+        prev_start = start;
+        prev_len = len;
+    }
+    return list;
+}
+
+static PyObject *copy_bytes(module_state *st, const void *ptr, uint64_t count, size_t itemsize,
+                            const char *what) {
+    Py_ssize_t len = byte_size(count, itemsize);
+    if (len < 0) {
+        return NULL;
+    }
+    if (len > 0 && ptr == NULL) {
+        PyErr_Format(st->FormatError, "annstream: column %s has no values", what);
+        return NULL;
+    }
+    if (len == 0) {
+        return PyByteArray_FromStringAndSize("", 0);
+    }
+    return PyByteArray_FromStringAndSize((const char *)ptr, len);
+}
+
+static int dict_set_steal(PyObject *dict, const char *key, PyObject *value) {
+    if (value == NULL) {
+        return -1;
+    }
+    int rc = PyDict_SetItemString(dict, key, value);
+    Py_DECREF(value);
+    return rc;
+}
+
+/* One column as a dict: name, kind, dtype, length, values (bytearray), strings (list of str), mask
+ * (bytearray of 0/1), na_value, ordered, cat_dtype, categories (bytearray or list of str). */
+static PyObject *column_to_dict(module_state *st, const ans_column *c) {
+    const char *name = c->name != NULL ? c->name : "";
+    PyObject *d = PyDict_New();
+    if (d == NULL) {
+        return NULL;
+    }
+    if (dict_set_steal(d, "name", PyUnicode_FromString(name)) < 0 ||
+        dict_set_steal(d, "kind", PyUnicode_FromString(column_kind_name(c->kind))) < 0 ||
+        dict_set_steal(d, "dtype", PyUnicode_FromString(ans_dtype_name(c->dtype))) < 0 ||
+        dict_set_steal(d, "length", PyLong_FromUnsignedLongLong((unsigned long long)c->length)) < 0) {
+        goto error;
+    }
+    switch (c->kind) {
+    case ANS_COLUMN_STRING:
+    case ANS_COLUMN_NULLABLE_STRING:
+        if (dict_set_steal(d, "strings", strings_to_list(st, c->str_offsets, c->str_data, c->length, name)) < 0) {
+            goto error;
+        }
+        break;
+    case ANS_COLUMN_NUMERIC:
+    case ANS_COLUMN_CATEGORICAL:
+    case ANS_COLUMN_NULLABLE_INT:
+    case ANS_COLUMN_NULLABLE_BOOL: {
+        size_t itemsize = ans_dtype_size(c->dtype);
+        if (itemsize == 0) {
+            PyErr_Format(st->FormatError, "annstream: column %s has values of type %s", name,
+                         ans_dtype_name(c->dtype));
+            goto error;
+        }
+        if (dict_set_steal(d, "values", copy_bytes(st, c->values, c->length, itemsize, name)) < 0) {
+            goto error;
+        }
+        break;
+    }
+    default:
+        PyErr_Format(st->FormatError, "annstream: column %s has an unknown kind (%d)", name, (int)c->kind);
+        goto error;
+    }
+    if (c->kind == ANS_COLUMN_NULLABLE_INT || c->kind == ANS_COLUMN_NULLABLE_BOOL ||
+        c->kind == ANS_COLUMN_NULLABLE_STRING) {
+        if (c->mask == NULL && c->length > 0) {
+            PyErr_Format(st->FormatError, "annstream: nullable column %s has no mask", name);
+            goto error;
+        }
+        if (dict_set_steal(d, "mask", copy_bytes(st, c->mask, c->length, 1, name)) < 0) {
+            goto error;
+        }
+    }
+    if (c->kind == ANS_COLUMN_NULLABLE_STRING && c->na_value != NULL) {
+        if (dict_set_steal(d, "na_value", PyUnicode_FromString(c->na_value)) < 0) {
+            goto error;
+        }
+    }
+    if (c->kind == ANS_COLUMN_CATEGORICAL) {
+        PyObject *cats;
+        if (c->cat_dtype == ANS_DTYPE_STRING) {
+            cats = strings_to_list(st, c->cat_offsets, c->cat_data, c->n_categories, name);
+        } else {
+            size_t itemsize = ans_dtype_size(c->cat_dtype);
+            if (itemsize == 0) {
+                PyErr_Format(st->FormatError, "annstream: categorical %s has categories of type %s",
+                             name, ans_dtype_name(c->cat_dtype));
+                goto error;
+            }
+            cats = copy_bytes(st, c->cat_values, c->n_categories, itemsize, name);
+        }
+        if (dict_set_steal(d, "categories", cats) < 0 ||
+            dict_set_steal(d, "cat_dtype", PyUnicode_FromString(ans_dtype_name(c->cat_dtype))) < 0 ||
+            dict_set_steal(d, "ordered", PyBool_FromLong(c->ordered != 0)) < 0) {
+            goto error;
+        }
+    }
+    return d;
+error:
+    Py_DECREF(d);
+    return NULL;
+}
+
+static PyObject *frame_to_python(module_state *st, const ans_frame *frame) {
+    ans_column col;
+    PyObject *index = NULL, *columns = NULL, *result = NULL;
+    int rc = ans_frame_index(frame, &col);
+    if (rc != ANS_OK) {
+        return raise_status(st, rc, 0, NULL);
+    }
+    index = column_to_dict(st, &col);
+    if (index == NULL) {
+        goto finally;
+    }
+    size_t n = ans_frame_n_columns(frame);
+    if (n > (size_t)PY_SSIZE_T_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "too many columns");
+        goto finally;
+    }
+    columns = PyList_New((Py_ssize_t)n);
+    if (columns == NULL) {
+        goto finally;
+    }
+    for (size_t i = 0; i < n; i++) {
+        rc = ans_frame_column(frame, i, &col);
+        if (rc != ANS_OK) {
+            raise_status(st, rc, 0, NULL);
+            goto finally;
+        }
+        PyObject *d = column_to_dict(st, &col);
+        if (d == NULL) {
+            goto finally;
+        }
+        PyList_SET_ITEM(columns, (Py_ssize_t)i, d);
+    }
+    result = Py_BuildValue("(KOO)", (unsigned long long)ans_frame_n_rows(frame), index, columns);
+finally:
+    Py_XDECREF(index);
+    Py_XDECREF(columns);
+    return result;
+}
+
+/* Copy the UTF-8 of a sequence of str into one malloc'd block (so that nothing borrowed from Python
+ * objects is used while the GIL is released). */
+static int copy_names(PyObject *seq_obj, char ***names_out, size_t *n_out) {
+    PyObject *seq = PySequence_Fast(seq_obj, "columns must be a sequence of str");
+    if (seq == NULL) {
+        return -1;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    size_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyUnicode_Check(item)) {
+            PyErr_Format(PyExc_TypeError, "column names must be str, not %.100s", Py_TYPE(item)->tp_name);
+            Py_DECREF(seq);
+            return -1;
+        }
+        Py_ssize_t len;
+        const char *s = PyUnicode_AsUTF8AndSize(item, &len);
+        if (s == NULL) {
+            Py_DECREF(seq);
+            return -1;
+        }
+        if ((Py_ssize_t)strlen(s) != len) {
+            PyErr_SetString(PyExc_ValueError, "column name contains a NUL character");
+            Py_DECREF(seq);
+            return -1;
+        }
+        total += (size_t)len + 1;
+    }
+    size_t ptrs = (size_t)(n > 0 ? n : 1) * sizeof(char *);
+    char **names = (char **)PyMem_RawMalloc(ptrs + total + 1);
+    if (names == NULL) {
+        Py_DECREF(seq);
+        PyErr_NoMemory();
+        return -1;
+    }
+    char *p = (char *)names + ptrs;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t len;
+        const char *s = PyUnicode_AsUTF8AndSize(PySequence_Fast_GET_ITEM(seq, i), &len);
+        memcpy(p, s, (size_t)len + 1);
+        names[i] = p;
+        p += len + 1;
+    }
+    Py_DECREF(seq);
+    *names_out = names;
+    *n_out = (size_t)n;
+    return 0;
+}
+
+static PyObject *Store_read_frame(PyObject *op, PyObject *args, PyObject *kwargs) {
+    StoreObject *self = (StoreObject *)op;
+    static char *kwlist[] = {"which", "columns", NULL};
+    const char *which_arg = NULL;
+    PyObject *columns_obj = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "s|O:read_frame", kwlist, &which_arg, &columns_obj)) {
+        return NULL;
+    }
+    module_state *st = state_of_type(Py_TYPE(op));
+    if (st == NULL) {
+        return NULL;
+    }
+    /* `which` is borrowed from the args tuple, which outlives this call. */
+    const char *which = which_arg;
+    char **names = NULL;
+    size_t n_names = 0;
+    if (columns_obj != Py_None && copy_names(columns_obj, &names, &n_names) < 0) {
+        return NULL;
+    }
+    if (store_enter(self) < 0) {
+        PyMem_RawFree(names);
+        return NULL;
+    }
+    ans_frame *frame = NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ans_store_read_frame(self->store, which, (const char *const *)names, n_names, &frame);
+    Py_END_ALLOW_THREADS
+    store_leave(self);
+    PyMem_RawFree(names);
+    PyObject *result = NULL;
+    if (rc != ANS_OK) {
+        raise_status(st, rc, 0, NULL);
+    } else {
+        /* the frame does not depend on the store: convert it outside the busy window */
+        result = frame_to_python(st, frame);
+    }
+    ans_frame_free(frame);
+    return result;
+}
+
+/* ---- elements ---- */
+
+typedef struct {
+    PyObject_HEAD
+    ans_element *element;
+    StoreObject *store; /* strong reference */
+    PyObject *key;      /* str */
+    Py_ssize_t busy;
+    int closing;
+} ElementObject;
+
+static PyObject *Store_element(PyObject *op, PyObject *args) {
+    StoreObject *self = (StoreObject *)op;
+    PyObject *key_obj;
+    if (!PyArg_ParseTuple(args, "U:element", &key_obj)) {
+        return NULL;
+    }
+    module_state *st = state_of_type(Py_TYPE(op));
+    if (st == NULL) {
+        return NULL;
+    }
+    Py_ssize_t key_len;
+    const char *key = PyUnicode_AsUTF8AndSize(key_obj, &key_len);
+    if (key == NULL) {
+        return NULL;
+    }
+    if ((Py_ssize_t)strlen(key) != key_len) {
+        PyErr_SetObject(PyExc_KeyError, key_obj);
+        return NULL;
+    }
+    if (store_enter(self) < 0) {
+        return NULL;
+    }
+    ans_element *element = NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ans_store_element(&element, self->store, key);
+    Py_END_ALLOW_THREADS
+    store_leave(self);
+    if (rc != ANS_OK) {
+        return raise_status(st, rc, 0, NULL);
+    }
+    ElementObject *e = (ElementObject *)PyType_GenericAlloc(st->ElementType, 0);
+    if (e == NULL) {
+        ans_element_free(element);
+        return NULL;
+    }
+    e->element = element;
+    e->store = (StoreObject *)Py_NewRef(op);
+    e->key = Py_NewRef(key_obj);
+    return (PyObject *)e;
+}
+
+static PyMethodDef Store_methods[] = {
+    {"close", Store_close, METH_NOARGS,
+     "close()\n--\n\nClose the store; waits for reads in flight. Idempotent."},
+    {"keys", Store_keys, METH_NOARGS, "keys()\n--\n\nThe row-aligned elements, as a tuple of paths."},
+    {"element", Store_element, METH_VARARGS, "element(key)\n--\n\nOpen the row-aligned element `key`."},
+    {"describe", (PyCFunction)(void (*)(void))Store_describe, METH_VARARGS | METH_KEYWORDS,
+     "describe(json=False)\n--\n\nDescribe the store (text, or a JSON document)."},
+    {"read_frame", (PyCFunction)(void (*)(void))Store_read_frame, METH_VARARGS | METH_KEYWORDS,
+     "read_frame(which, columns=None)\n--\n\n"
+     "Read 'obs', 'var' or 'raw/var' as (n_rows, index, [columns]) of column dicts."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Store_getset[] = {
+    {"path", Store_get_path, NULL, "The path given to open().", NULL},
+    {"container", Store_get_container, NULL, "'zarr-v2', 'zarr-v3' or 'h5ad'.", NULL},
+    {"n_obs", Store_get_n_obs, NULL, "Number of observations (rows).", NULL},
+    {"n_vars", Store_get_n_vars, NULL, "Number of variables.", NULL},
+    {"threads", Store_get_threads, NULL, "Decoding threads of the store.", NULL},
+    {"closed", Store_get_closed, NULL, "True once close() was called.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Store_slots[] = {
+    {Py_tp_doc, (void *)"An open AnnData store (use annstream.open)."},
+    {Py_tp_dealloc, (void *)Store_dealloc},
+    {Py_tp_methods, (void *)Store_methods},
+    {Py_tp_getset, (void *)Store_getset},
+    {0, NULL},
+};
+
+static PyType_Spec Store_spec = {
+    .name = "annstream._core.Store",
+    .basicsize = sizeof(StoreObject),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Store_slots,
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Element                                                                                         */
+
+static int element_enter(ElementObject *self) {
+    if (self->element == NULL || self->closing) {
+        closed_error("element");
+        return -1;
+    }
+    if (store_enter(self->store) < 0) {
+        return -1;
+    }
+    self->busy++;
+    return 0;
+}
+
+static void element_leave(ElementObject *self) {
+    self->busy--;
+    store_leave(self->store);
+}
+
+static void Element_dealloc(PyObject *op) {
+    ElementObject *self = (ElementObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    ans_element_free(self->element);
+    self->element = NULL;
+    Py_CLEAR(self->store);
+    Py_CLEAR(self->key);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *Element_close(PyObject *op, PyObject *unused) {
+    (void)unused;
+    ElementObject *self = (ElementObject *)op;
+    if (self->element == NULL || self->closing) {
+        Py_RETURN_NONE;
+    }
+    self->closing = 1;
+    while (self->busy > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        sleep_briefly();
+        Py_END_ALLOW_THREADS
+    }
+    ans_element *element = self->element;
+    self->element = NULL;
+    ans_element_free(element);
+    Py_RETURN_NONE;
+}
+
+#define ELEMENT_CHECK_OPEN(self)                                                                   \
+    do {                                                                                           \
+        if ((self)->element == NULL || (self)->closing) {                                          \
+            return closed_error("element");                                                        \
+        }                                                                                          \
+    } while (0)
+
+static PyObject *Element_get_key(PyObject *op, void *closure) {
+    (void)closure;
+    return Py_NewRef(((ElementObject *)op)->key);
+}
+
+static PyObject *Element_get_store(PyObject *op, void *closure) {
+    (void)closure;
+    return Py_NewRef((PyObject *)((ElementObject *)op)->store);
+}
+
+static PyObject *Element_get_closed(PyObject *op, void *closure) {
+    (void)closure;
+    ElementObject *self = (ElementObject *)op;
+    return PyBool_FromLong(self->element == NULL || self->closing);
+}
+
+static PyObject *Element_get_format(PyObject *op, void *closure) {
+    (void)closure;
+    ElementObject *self = (ElementObject *)op;
+    ELEMENT_CHECK_OPEN(self);
+    return PyUnicode_FromString(format_name(ans_element_format(self->element)));
+}
+
+static PyObject *Element_get_shape(PyObject *op, void *closure) {
+    (void)closure;
+    ElementObject *self = (ElementObject *)op;
+    ELEMENT_CHECK_OPEN(self);
+    return shape_tuple(ans_element_shape(self->element), ans_element_ndim(self->element));
+}
+
+static PyObject *Element_get_dtype(PyObject *op, void *closure) {
+    (void)closure;
+    ElementObject *self = (ElementObject *)op;
+    ELEMENT_CHECK_OPEN(self);
+    return PyUnicode_FromString(ans_dtype_name(ans_element_dtype(self->element)));
+}
+
+static int host_is_little_endian(void) {
+    const uint16_t one = 1;
+    uint8_t first;
+    memcpy(&first, &one, 1);
+    return first == 1;
+}
+
+/* Accept a C-contiguous 1-D buffer of native int64. */
+static int check_int64_buffer(const Py_buffer *view) {
+    const char *fmt = view->format != NULL ? view->format : "B";
+    if (fmt[0] == '@' || fmt[0] == '=' || (fmt[0] == '<' && host_is_little_endian()) ||
+        (fmt[0] == '>' && !host_is_little_endian())) {
+        fmt++;
+    }
+    int ok = view->itemsize == 8 && (strcmp(fmt, "q") == 0 || strcmp(fmt, "l") == 0) &&
+             (view->ndim == 1 || (view->ndim == 0 && view->len == 0));
+    if (!ok) {
+        PyErr_SetString(PyExc_TypeError, "rows must be a 1-D contiguous buffer of int64");
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *Element_read_rows(PyObject *op, PyObject *rows_obj) {
+    ElementObject *self = (ElementObject *)op;
+    module_state *st = state_of_type(Py_TYPE(op));
+    if (st == NULL) {
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(rows_obj, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_TypeError, "rows must be a 1-D contiguous buffer of int64");
+        return NULL;
+    }
+    if (check_int64_buffer(&view) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    if (element_enter(self) < 0) {
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    size_t nrows = (size_t)(view.len / 8);
+    ans_rows *rows = NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ans_element_read_rows(self->element, (const int64_t *)view.buf, nrows, &rows);
+    Py_END_ALLOW_THREADS
+    /* Leave the busy window before running anything that may run Python code (a finalizer could
+     * close this very object and would then wait for itself). The error message stays valid: the
+     * library is not called in between. */
+    element_leave(self);
+    PyObject *result = rc == ANS_OK ? rows_new(st, rows) : raise_status(st, rc, 0, NULL);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+static PyObject *Element_read_range(PyObject *op, PyObject *args) {
+    ElementObject *self = (ElementObject *)op;
+    unsigned long long start, stop;
+    if (!PyArg_ParseTuple(args, "KK:read_range", &start, &stop)) {
+        return NULL;
+    }
+    module_state *st = state_of_type(Py_TYPE(op));
+    if (st == NULL || element_enter(self) < 0) {
+        return NULL;
+    }
+    ans_rows *rows = NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ans_element_read_range(self->element, (uint64_t)start, (uint64_t)stop, &rows);
+    Py_END_ALLOW_THREADS
+    element_leave(self);
+    return rc == ANS_OK ? rows_new(st, rows) : raise_status(st, rc, 0, NULL);
+}
+
+static PyMethodDef Element_methods[] = {
+    {"close", Element_close, METH_NOARGS,
+     "close()\n--\n\nRelease the element; waits for reads in flight. Idempotent."},
+    {"read_rows", Element_read_rows, METH_O,
+     "read_rows(rows)\n--\n\nRead the rows given as a 1-D C-contiguous int64 buffer; returns Rows."},
+    {"read_range", Element_read_range, METH_VARARGS,
+     "read_range(start, stop)\n--\n\nRead the contiguous rows [start, stop); returns Rows."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Element_getset[] = {
+    {"key", Element_get_key, NULL, "Path of the element in the store.", NULL},
+    {"store", Element_get_store, NULL, "The Store the element was opened from.", NULL},
+    {"format", Element_get_format, NULL, "'dense', 'csr' or 'csc' (on disk).", NULL},
+    {"shape", Element_get_shape, NULL, "Shape of the element.", NULL},
+    {"dtype", Element_get_dtype, NULL, "numpy name of the value type.", NULL},
+    {"closed", Element_get_closed, NULL, "True once close() was called.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Element_slots[] = {
+    {Py_tp_doc, (void *)"A row-aligned element of a store (use Store.element)."},
+    {Py_tp_dealloc, (void *)Element_dealloc},
+    {Py_tp_methods, (void *)Element_methods},
+    {Py_tp_getset, (void *)Element_getset},
+    {0, NULL},
+};
+
+static PyType_Spec Element_spec = {
+    .name = "annstream._core.Element",
+    .basicsize = sizeof(ElementObject),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Element_slots,
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* module functions                                                                                */
+
+static PyObject *core_open(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"path", "threads", NULL};
+    PyObject *path_bytes = NULL;
+    int threads = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|i:open", kwlist, PyUnicode_FSConverter,
+                                     &path_bytes, &threads)) {
+        return NULL;
+    }
+    module_state *st = state_of_module(module);
+    PyObject *result = NULL;
+    PyObject *path_str = NULL;
+    ans_store *store = NULL;
+    if (threads < 0) {
+        PyErr_SetString(PyExc_ValueError, "threads must be >= 0 (0 = one per CPU)");
+        goto finally;
+    }
+    const char *path = PyBytes_AS_STRING(path_bytes);
+    path_str = PyUnicode_DecodeFSDefault(path);
+    if (path_str == NULL) {
+        goto finally;
+    }
+    ans_store_options opts = ANS_STORE_OPTIONS_INIT;
+    opts.threads = threads;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ans_store_open(&store, path, &opts);
+    Py_END_ALLOW_THREADS
+    if (rc != ANS_OK) {
+        raise_status(st, rc, 1, path_str);
+        goto finally;
+    }
+    StoreObject *s = (StoreObject *)PyType_GenericAlloc(st->StoreType, 0);
+    if (s == NULL) {
+        ans_store_free(store);
+        goto finally;
+    }
+    s->store = store;
+    s->path = Py_NewRef(path_str);
+    result = (PyObject *)s;
+finally:
+    Py_XDECREF(path_str);
+    Py_XDECREF(path_bytes);
+    return result;
+}
+
+static PyObject *core_version(PyObject *module, PyObject *unused) {
+    (void)module;
+    (void)unused;
+    return PyUnicode_FromString(ans_version());
+}
+
+static PyMethodDef core_methods[] = {
+    {"open", (PyCFunction)(void (*)(void))core_open, METH_VARARGS | METH_KEYWORDS,
+     "open(path, threads=0)\n--\n\nOpen an AnnData store (zarr v2/v3 directory or .h5ad file)."},
+    {"version", core_version, METH_NOARGS, "version()\n--\n\nVersion of the linked C library."},
+    {NULL, NULL, 0, NULL},
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* module init (multi-phase)                                                                       */
+
+static int add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot) {
+    PyObject *type = PyType_FromModuleAndSpec(module, spec, NULL);
+    if (type == NULL) {
+        return -1;
+    }
+    *slot = (PyTypeObject *)type;
+    return PyModule_AddType(module, (PyTypeObject *)type);
+}
+
+static int core_exec(PyObject *module) {
+    module_state *st = state_of_module(module);
+    st->FormatError = PyErr_NewExceptionWithDoc(
+        "annstream.FormatError",
+        "The store is not a readable AnnData store: corrupt, truncated, inconsistent or using an\n"
+        "unsupported encoding. The message names the file, the element and the reason.",
+        PyExc_ValueError, NULL);
+    if (st->FormatError == NULL) {
+        return -1;
+    }
+    if (PyModule_AddObjectRef(module, "FormatError", st->FormatError) < 0) {
+        return -1;
+    }
+    if (add_type(module, &Buffer_spec, &st->BufferType) < 0 ||
+        add_type(module, &Rows_spec, &st->RowsType) < 0 ||
+        add_type(module, &Store_spec, &st->StoreType) < 0 ||
+        add_type(module, &Element_spec, &st->ElementType) < 0) {
+        return -1;
+    }
+    if (PyModule_AddStringConstant(module, "__version__", ans_version()) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static int core_traverse(PyObject *module, visitproc visit, void *arg) {
+    module_state *st = state_of_module(module);
+    Py_VISIT(st->FormatError);
+    Py_VISIT(st->StoreType);
+    Py_VISIT(st->ElementType);
+    Py_VISIT(st->RowsType);
+    Py_VISIT(st->BufferType);
+    return 0;
+}
+
+static int core_clear(PyObject *module) {
+    module_state *st = state_of_module(module);
+    Py_CLEAR(st->FormatError);
+    Py_CLEAR(st->StoreType);
+    Py_CLEAR(st->ElementType);
+    Py_CLEAR(st->RowsType);
+    Py_CLEAR(st->BufferType);
+    return 0;
+}
+
+static void core_free(void *module) {
+    core_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot core_slots[] = {
+    {Py_mod_exec, (void *)core_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "annstream._core",
+    .m_doc = "C extension of annstream: a thin layer over the annstream C library.",
+    .m_size = sizeof(module_state),
+    .m_methods = core_methods,
+    .m_slots = core_slots,
+    .m_traverse = core_traverse,
+    .m_clear = core_clear,
+    .m_free = core_free,
+};
+
+PyMODINIT_FUNC PyInit__core(void); /* the one exported symbol */
+
+PyMODINIT_FUNC PyInit__core(void) {
+    return PyModuleDef_Init(&core_module);
+}
