@@ -120,7 +120,7 @@ typedef struct ans_zchain_ctx {
 } ans_zchain_ctx;
 
 /* v3 `codecs` list -> chain; a sharding_indexed array->bytes codec allocates *shard (caller frees).
- * ANS_EUNSUPPORTED names the codec for anything not implemented. */
+ * ANS_EUNSUPPORTED names the codec for anything this reader cannot decode. */
 int ans_zchain_parse_v3(ans_zchain *ch, ans_zshard **shard, const ans_json *codecs,
                         const ans_zchain_ctx *cx);
 /* v2 compressor (object or null) + filters (list or null) + order + byte order -> chain. */
