@@ -242,6 +242,183 @@ ANS_EXTERN int ans_frame_column(const ans_frame *frame, size_t i, ans_column *ou
 /** The index (row names); its name is the index name ("_index" when anndata stored none). */
 ANS_EXTERN int ans_frame_index(const ans_frame *frame, ans_column *out);
 
+/* ---------------------------------------------------------------------------------------------- */
+/* Loader: shuffled mini-batches streamed from one or more stores                                 */
+
+/*
+ * A loader streams the rows of one row-aligned element (`key`, e.g. "X" or "obsm/emb") of one or
+ * more stores as mini-batches. Global row g is position g in the concatenation of the stores (in
+ * the order given). The order is a pure function of (seed, epoch, partition): see the sampler
+ * parameters below, which follow annbatch's chunked shuffle - the rows are cut into chunks of
+ * `chunk_size` consecutive rows, the chunk order is shuffled, `preload_nchunks` chunks form one
+ * load that is read at once, and a load's rows are permuted and cut into batches of `batch_size`.
+ * Batches are the same whatever the number of threads or the prefetch depth.
+ *
+ * Engine: one background thread per loader (started by the first ans_loader_next of an epoch)
+ * computes the plan of each load, reads its rows with one element read per store (chunks decoded in
+ * parallel on the stores' decode pools), gathers the rows of every batch into that batch's own
+ * contiguous buffers (in parallel on `threads` threads) and queues the batches.
+ *
+ * Memory is bounded by (prefetch + 1) loads of rows - `prefetch` loads of gathered batches waiting
+ * in the queue plus one load being read - plus the batches the consumer holds (returned with
+ * ans_batch_release). Buffers are recycled: a released batch's buffers serve a later batch; new
+ * ones are made only when every existing one is queued or held, and a buffer grows (by at least
+ * half) only when a batch needs more room than it ever had. So the steady state allocates nothing
+ * per batch. A consumer that holds batches without releasing them makes the loader allocate more
+ * (it never waits for a release, so collecting a whole epoch cannot deadlock): memory grows with
+ * the number of batches held. The per-load tables add 16 bytes per row of a load. Decoding also
+ * uses the stores' own caches (the indptr of each sparse element, 8 bytes per row).
+ *
+ * Threads: one thread drives a loader (ans_loader_next, set_epoch, seek, free are not to be called
+ * concurrently on one loader); ans_batch_release may be called from any thread at any time, also
+ * after ans_loader_free.
+ *
+ * fork(): the loader's background thread does not exist in a forked child. A loader must be created
+ * in the process that iterates it (e.g. lazily inside each PyTorch DataLoader worker); used in a
+ * child of its creator, ans_loader_next / set_epoch / seek / push_plan return ANS_EINVAL, and
+ * ans_loader_free only releases memory (batches held at the fork are not reclaimed there).
+ */
+
+typedef struct ans_loader ans_loader;
+typedef struct ans_batch ans_batch;
+
+/* mask_stop value meaning "up to the last row". */
+#define ANS_LOADER_MASK_END UINT64_MAX
+
+typedef struct ans_loader_options {
+    unsigned version;         /* ANS_LOADER_OPTIONS_VERSION */
+    const char *key;          /* element to stream; "X" by default (NULL also means "X") */
+    uint64_t batch_size;      /* rows per batch, >= 1; must divide chunk_size * preload_nchunks */
+    uint64_t chunk_size;      /* consecutive rows per chunk, >= 1 (default 512) */
+    uint64_t preload_nchunks; /* chunks per load, >= 1 (default 32) */
+    int shuffle;              /* nonzero: random chunk order and random order within each load */
+    int drop_last;            /* nonzero: skip the short last batch */
+    int replacement;          /* nonzero: draw chunks with replacement (needs shuffle) */
+    uint64_t num_samples;     /* with replacement: rows per epoch over all partitions; 0 = mask */
+    uint64_t seed;
+    uint64_t epoch;           /* first epoch (ans_loader_set_epoch changes it) */
+    uint64_t partition;       /* this consumer (DDP rank * workers + worker), < n_partitions */
+    uint64_t n_partitions;    /* >= 1; each partition gets an equal, disjoint share of an epoch */
+    uint64_t mask_start;      /* only global rows [mask_start, mask_stop) are sampled */
+    uint64_t mask_stop;       /* ANS_LOADER_MASK_END = all rows */
+    int prefetch;             /* loads gathered ahead of the consumer, >= 1 (default 2) */
+    int threads;              /* threads gathering batches (a pool of the loader's own); 0 =
+                                 share the first store's decode pool. Reads always decode on
+                                 the stores' pools (ans_store_options.threads) */
+    int densify;              /* nonzero: sparse rows come out as dense (rows x n_vars) arrays */
+    ans_dtype out_dtype;      /* type of the values; ANS_DTYPE_INVALID keeps the stored type.
+                                 Conversions (as by a C cast) from bool, integer and float32/64
+                                 values to integer, float32 or float64 types */
+    int return_index;         /* nonzero: batches carry their global row indices */
+    int custom_plans;         /* nonzero: the load plans come from ans_loader_push_plan; the
+                                 sampling options (batch_size ... mask_stop) are then ignored */
+} ans_loader_options;
+
+#define ANS_LOADER_OPTIONS_VERSION 1
+#define ANS_LOADER_OPTIONS_INIT                                                                    \
+    {ANS_LOADER_OPTIONS_VERSION, "X", 1, 512, 32, 0, 0, 0, 0, 0, 0, 0, 1, 0, ANS_LOADER_MASK_END, \
+     2, 0, 0, ANS_DTYPE_INVALID, 0, 0}
+
+/**
+ * Make a loader over `stores[0..nstores)` (`opts` may be NULL for defaults). All stores must have
+ * the same n_vars and identical var names; `key` must exist in each with equal shape[1:], dtype and
+ * format (dense or CSR; CSC cannot be streamed). The loader keeps its own references: the stores
+ * may be freed right after this call. Options are checked before any data is read. Starts no
+ * thread (the first ans_loader_next does).
+ * @return ANS_OK; ANS_EINVAL for bad options or stores that do not match (naming the first
+ *         differing store); ANS_ENOTFOUND when a store lacks `key`; ANS_EUNSUPPORTED for a CSC
+ *         element or an impossible out_dtype conversion.
+ */
+ANS_EXTERN int ans_loader_new(ans_loader **out, ans_store *const *stores, size_t nstores,
+                              const ans_loader_options *opts);
+/** Stop and join the background thread (also mid-epoch) and free the loader. Batches not yet
+ *  released stay valid; their memory is freed when they are released. NULL-tolerant. */
+ANS_EXTERN void ans_loader_free(ans_loader *loader);
+
+/** Batches of this partition per epoch (after drop_last); equal on every partition. */
+ANS_EXTERN uint64_t ans_loader_n_batches(const ans_loader *loader);
+/** Total rows of the stores (the length of the concatenation). */
+ANS_EXTERN uint64_t ans_loader_n_obs(const ans_loader *loader);
+/** The current epoch. */
+ANS_EXTERN uint64_t ans_loader_epoch(const ans_loader *loader);
+
+/**
+ * Start epoch `epoch` from its first batch. Batches already queued are dropped (the held ones stay
+ * valid). Blocks until the background thread has finished the read it is doing.
+ * @return ANS_OK; ANS_ENOMEM; ANS_EINVAL in a forked child.
+ */
+ANS_EXTERN int ans_loader_set_epoch(ans_loader *loader, uint64_t epoch);
+
+/**
+ * Continue the current epoch at batch `batch` (0 <= batch <= n_batches; n_batches ends the epoch),
+ * e.g. to resume from a checkpoint: the next batches are exactly those an uninterrupted epoch would
+ * give from `batch` on.
+ * @return ANS_OK; ANS_EINVAL when batch > n_batches or in a forked child.
+ */
+ANS_EXTERN int ans_loader_seek(ans_loader *loader, uint64_t batch);
+
+/**
+ * The next batch of the epoch, waiting for it if needed. `*out` is the caller's until
+ * ans_batch_release. A failure of the background thread (a read error, say) is returned here, with
+ * its message, after the batches that were ready before it; it is returned again on later calls
+ * until ans_loader_set_epoch or ans_loader_seek.
+ * @return ANS_OK; ANS_ITEROVER at the end of the epoch (again on later calls until set_epoch /
+ *         seek); any read error.
+ */
+ANS_EXTERN int ans_loader_next(ans_loader *loader, ans_batch **out);
+
+/**
+ * Custom-plan mode (custom_plans = 1; e.g. a sampler written in Python): queue the next load. The
+ * loader reads the rows of the ranges (`n_ranges` pairs {start, count} of global rows; overlaps
+ * allowed) as one load, whose rows are numbered 0.. in range order; batch i is the load rows
+ * order[batch_bounds[i] .. batch_bounds[i+1]) (n_batches + 1 bounds from 0 to n_order, strictly
+ * increasing; rows may repeat). Plans are executed in push order; batch indices count on across
+ * plans from 0 at the start of the epoch. The arrays are copied. Safe to call from another thread
+ * than the one calling ans_loader_next. Memory: each pending plan keeps its copy (16 bytes per
+ * range and 8 per order entry or bound) until executed; push at most prefetch + 1 plans ahead of the
+ * batches consumed. ans_loader_next blocks while no pushed batch is left and
+ * ans_loader_end_plans was not called. ans_loader_seek is not available in this mode, and
+ * ans_loader_n_batches is 0; ans_loader_set_epoch drops the pending plans and starts over (it must
+ * not race a push_plan of another thread).
+ * @return ANS_OK; ANS_EINVAL for an invalid plan (naming the entry), a loader without
+ *         custom_plans, or after ans_loader_end_plans.
+ */
+ANS_EXTERN int ans_loader_push_plan(ans_loader *loader, const uint64_t *ranges, size_t n_ranges,
+                                    const uint64_t *order, size_t n_order,
+                                    const uint64_t *batch_bounds, size_t n_batches);
+/** Custom-plan mode: no more plans this epoch; ans_loader_next gives ANS_ITEROVER once the pushed
+ *  batches are consumed. */
+ANS_EXTERN int ans_loader_end_plans(ans_loader *loader);
+
+/** Hand a batch's buffers back for reuse; the loader never reuses them before. Any thread, any time
+ *  (after ans_loader_free too). NULL-tolerant. */
+ANS_EXTERN void ans_batch_release(ans_batch *batch);
+
+/** ANS_FORMAT_CSR (sparse element, no densify) or ANS_FORMAT_DENSE. */
+ANS_EXTERN ans_format ans_batch_format(const ans_batch *batch);
+ANS_EXTERN uint64_t ans_batch_n_rows(const ans_batch *batch);
+ANS_EXTERN int ans_batch_ndim(const ans_batch *batch);
+/** Shape (ans_batch_ndim values): (n_rows, shape[1:] of the element). */
+ANS_EXTERN const uint64_t *ans_batch_shape(const ans_batch *batch);
+/** Type of the values (out_dtype when set). */
+ANS_EXTERN ans_dtype ans_batch_dtype(const ans_batch *batch);
+/** The dense array (C order) or the CSR values. Borrowed: valid until ans_batch_release. */
+ANS_EXTERN void *ans_batch_data(const ans_batch *batch);
+/** CSR: number of values; 0 for dense. */
+ANS_EXTERN uint64_t ans_batch_nnz(const ans_batch *batch);
+/** CSR: type of indices and indptr, ANS_DTYPE_INT32 when n_vars and nnz fit, else INT64;
+ *  ANS_DTYPE_INVALID for dense. */
+ANS_EXTERN ans_dtype ans_batch_index_dtype(const ans_batch *batch);
+/** CSR: column indices (nnz) and row pointers (n_rows + 1); NULL for dense. */
+ANS_EXTERN void *ans_batch_indices(const ans_batch *batch);
+ANS_EXTERN void *ans_batch_indptr(const ans_batch *batch);
+/** Global row index of each batch row (n_rows values) with return_index, else NULL. */
+ANS_EXTERN const uint64_t *ans_batch_rows(const ans_batch *batch);
+/** The epoch the batch belongs to. */
+ANS_EXTERN uint64_t ans_batch_epoch(const ans_batch *batch);
+/** Index of the batch in its epoch (0-based, partition-local: what ans_loader_seek takes). */
+ANS_EXTERN uint64_t ans_batch_index(const ans_batch *batch);
+
 #ifdef __cplusplus
 }
 #endif

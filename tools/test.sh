@@ -13,7 +13,8 @@ FIX="$ROOT/build/fixtures"
 rm -rf "$FIX"; mkdir -p "$FIX"
 python tests/c/make_zarr_fixtures.py "$FIX/zarr" >/dev/null
 python tests/c/make_h5_fixtures.py "$FIX/h5" >/dev/null
-export ANS_ZARR_FIXTURES="$FIX/zarr" ANS_H5_FIXTURES="$FIX/h5"
+python tests/c/make_loader_fixtures.py "$FIX/loader" >/dev/null
+export ANS_ZARR_FIXTURES="$FIX/zarr" ANS_H5_FIXTURES="$FIX/h5" ANS_LOADER_FIXTURES="$FIX/loader"
 if [ ! -f build/c/build.ninja ]; then meson setup build/c -Dpython=false --buildtype=debugoptimized >/dev/null; fi
 meson test -C build/c --print-errorlogs
 

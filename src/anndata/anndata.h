@@ -115,4 +115,34 @@ int ans_ad_frame_length(ans_ad_core *core, const char *path, uint64_t *n);
 int ans_ad_element_open(ans_element **out, ans_ad_core *core, const char *key, uint64_t n_rows,
                         uint64_t n_cols);
 
+/* ---- reads into caller buffers (the loader) ------------------------------------------------- */
+
+/* What ans_ad_element_read_ranges_into needs for `ranges` (rows along axis 0, each within shape[0];
+ * any order, overlaps allowed): the output sizes in bytes. */
+typedef struct ans_ad_read_size {
+    uint64_t rows;        /* sum of the range counts */
+    uint64_t nnz;         /* CSR: values in those rows; 0 for dense */
+    size_t data_bytes;    /* dense: rows * row bytes; CSR: nnz * itemsize */
+    size_t indices_bytes; /* CSR: nnz * max(stored index size, output index size); 0 for dense */
+} ans_ad_read_size;
+
+/* Size a read of `ranges` whose CSR indices come out as `index_dtype` (INT32 or INT64; ignored for
+ * dense). Uses the cached indptr (reads it on first use). CSC elements: ANS_EUNSUPPORTED.
+ * @return ANS_OK; ANS_EINVAL for a range outside the element; ANS_ENOMEM when a size overflows. */
+int ans_ad_element_size_ranges(ans_element *e, const ans_range *ranges, size_t n,
+                               ans_dtype index_dtype, ans_ad_read_size *out);
+
+/* Read the rows of `ranges`, concatenated in range order, into caller buffers sized by
+ * ans_ad_element_size_ranges (nothing is allocated):
+ * - dense: `data` receives rows * row bytes (C order, native byte order); other buffers unused.
+ * - CSR: `data` receives nnz values, `indices` nnz column indices of `index_dtype` (the buffer must
+ *   hold indices_bytes: narrow stored types are read into its tail and widened in place), `indptr`
+ *   rows + 1 values, indptr[0] = indptr_base, each next one adding that row's value count.
+ *   `scratch` must hold n ranges. Column indices are checked against n_vars (ANS_ECORRUPT).
+ * Data and indices decode side by side on the store's pool. Safe to call from several threads on
+ * one element with distinct buffers. */
+int ans_ad_element_read_ranges_into(ans_element *e, const ans_range *ranges, size_t n,
+                                    ans_dtype index_dtype, uint64_t indptr_base, void *data,
+                                    void *indices, uint64_t *indptr, ans_range *scratch);
+
 #endif

@@ -892,3 +892,111 @@ int ans_element_read_range(ans_element *e, uint64_t start, uint64_t stop, ans_ro
         return ans_ad_err(e->core, ANS_EINVAL, e->key, "too many rows requested");
     return read_any(e, NULL, start, (size_t)(stop - start), out);
 }
+
+/* ---- reads into caller buffers (the loader) ------------------------------------------------- */
+
+static int ranges_in_bounds(ans_element *e, const ans_range *ranges, size_t n, uint64_t *rows)
+{
+    uint64_t total = 0, lim = e->shape[0];
+    for (size_t i = 0; i < n; i++) {
+        if (ranges[i].start > lim || ranges[i].count > lim - ranges[i].start)
+            return ans_ad_err(e->core, ANS_EINVAL, e->key,
+                              "rows [%llu, %llu + %llu) are outside [0, %llu)",
+                              (unsigned long long)ranges[i].start,
+                              (unsigned long long)ranges[i].start,
+                              (unsigned long long)ranges[i].count, (unsigned long long)lim);
+        if (ans_add_overflow(total, ranges[i].count, &total))
+            return ans_ad_err(e->core, ANS_EINVAL, e->key, "too many rows requested");
+    }
+    *rows = total;
+    return ANS_OK;
+}
+
+int ans_ad_element_size_ranges(ans_element *e, const ans_range *ranges, size_t n,
+                               ans_dtype index_dtype, ans_ad_read_size *out)
+{
+    memset(out, 0, sizeof *out);
+    if (e->format == ANS_FORMAT_CSC)
+        return ans_ad_err(e->core, ANS_EUNSUPPORTED, e->key,
+                          "a CSC matrix cannot be streamed by rows; store it as CSR");
+    uint64_t rows = 0, bytes = 0;
+    ANS_TRY(ranges_in_bounds(e, ranges, n, &rows));
+    out->rows = rows;
+    if (e->format == ANS_FORMAT_DENSE) {
+        ANS_TRY(check_sizes(e, rows, e->dense->row_bytes, &bytes));
+        out->data_bytes = (size_t)bytes;
+        return ANS_OK;
+    }
+    const uint64_t *ptr;
+    ANS_TRY(element_ptr(e, &ptr));
+    uint64_t nnz = 0;
+    for (size_t i = 0; i < n; i++)
+        if (ans_add_overflow(nnz, ptr[ranges[i].start + ranges[i].count] - ptr[ranges[i].start],
+                             &nnz))
+            return ans_ad_err(e->core, ANS_EINVAL, e->key, "too many values requested");
+    out->nnz = nnz;
+    ANS_TRY(check_sizes(e, nnz, e->itemsize, &bytes));
+    out->data_bytes = (size_t)bytes;
+    size_t isz = index_dtype == ANS_DTYPE_INT64 ? 8 : 4, ss = e->indices->itemsize;
+    ANS_TRY(check_sizes(e, nnz, ss > isz ? ss : isz, &bytes));
+    out->indices_bytes = (size_t)bytes;
+    return ANS_OK;
+}
+
+int ans_ad_element_read_ranges_into(ans_element *e, const ans_range *ranges, size_t n,
+                                    ans_dtype index_dtype, uint64_t indptr_base, void *data,
+                                    void *indices, uint64_t *indptr, ans_range *scratch)
+{
+    uint64_t rows = 0;
+    if (e->format == ANS_FORMAT_CSC)
+        return ans_ad_err(e->core, ANS_EUNSUPPORTED, e->key,
+                          "a CSC matrix cannot be streamed by rows; store it as CSR");
+    ANS_TRY(ranges_in_bounds(e, ranges, n, &rows));
+    if (e->format == ANS_FORMAT_DENSE) {
+        if (rows == 0 || e->dense->row_bytes == 0) return ANS_OK;
+        return e->dense->ops->read(e->dense, ranges, n, data);
+    }
+    const uint64_t *ptr;
+    ANS_TRY(element_ptr(e, &ptr));
+    /* indptr, and the value ranges (merged when they touch). */
+    uint64_t cum = indptr_base, last_end = UINT64_MAX;
+    size_t k = 0, out_row = 0;
+    indptr[0] = cum;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r0 = ranges[i].start, cnt = ranges[i].count;
+        for (uint64_t q = 0; q < cnt; q++) {
+            cum += ptr[r0 + q + 1] - ptr[r0 + q];
+            indptr[++out_row] = cum;
+        }
+        uint64_t a = ptr[r0], b = ptr[r0 + cnt];
+        if (b == a) continue;
+        if (a == last_end)
+            scratch[k - 1].count += b - a;
+        else
+            scratch[k++] = (ans_range){a, b - a};
+        last_end = b;
+    }
+    uint64_t nnz = cum - indptr_base;
+    if (nnz == 0) return ANS_OK;
+    int wide = index_dtype == ANS_DTYPE_INT64;
+    if (!wide && e->n_minor > (uint64_t)INT32_MAX + 1)
+        return ans_ad_err(e->core, ANS_EINVAL, e->key, "int32 indices cannot hold %llu columns",
+                          (unsigned long long)e->n_minor);
+    csr_job job = {e, scratch, k, data, indices, (size_t)nnz, wide, (size_t)-1};
+    ANS_TRY(ans_pool_for(e->core->pool, 2, csr_job_fn, &job));
+    if (job.bad != (size_t)-1) {
+        /* the row holding value job.bad */
+        size_t a = 0, b = (size_t)rows;
+        while (a < b) {
+            size_t m = a + (b - a) / 2;
+            if (indptr[m + 1] - indptr_base <= job.bad)
+                a = m + 1;
+            else
+                b = m;
+        }
+        return ans_ad_err(e->core, ANS_ECORRUPT, e->key,
+                          "a column index outside [0, %llu) in the %zu-th requested row",
+                          (unsigned long long)e->n_minor, a);
+    }
+    return ANS_OK;
+}

@@ -35,9 +35,9 @@
 
 #define ANS_POOL_MAX_THREADS 4096
 
-typedef struct ans_batch ans_batch;
-struct ans_batch {
-    ans_batch *prev, *next; /* queue links; under pool->mu */
+typedef struct ans_pool_call ans_pool_call;
+struct ans_pool_call {
+    ans_pool_call *prev, *next; /* queue links; under pool->mu */
     int queued;             /* under pool->mu */
     int active;             /* workers inside the batch; under pool->mu */
     int next_slot;          /* slot for the next joining worker; under pool->mu */
@@ -61,7 +61,7 @@ struct ans_pool {
     int started;  /* workers were started (or tried) in `pid`; under mu */
     int nworkers; /* workers actually running; under mu */
     int shutdown; /* under mu */
-    ans_batch *head, *tail;
+    ans_pool_call *head, *tail;
     pthread_mutex_t mu;
     pthread_cond_t work_cv; /* workers: a batch was queued, or shutdown */
     pthread_cond_t done_cv; /* callers: a worker left a batch */
@@ -118,7 +118,7 @@ int ans_pool_size(const ans_pool *pool)
     return pool ? pool->size : 1;
 }
 
-static void batch_unlink(ans_pool *pool, ans_batch *b)
+static void batch_unlink(ans_pool *pool, ans_pool_call *b)
 {
     if (!b->queued) return;
     if (b->prev) b->prev->next = b->next;
@@ -129,13 +129,13 @@ static void batch_unlink(ans_pool *pool, ans_batch *b)
     b->queued = 0;
 }
 
-static int batch_exhausted(ans_batch *b)
+static int batch_exhausted(ans_pool_call *b)
 {
     return atomic_load_explicit(&b->failed, memory_order_relaxed) ||
            atomic_load_explicit(&b->next_job, memory_order_relaxed) >= b->n;
 }
 
-static void batch_fail(ans_pool *pool, ans_batch *b, int rc)
+static void batch_fail(ans_pool *pool, ans_pool_call *b, int rc)
 {
     /* The message is thread-local: copy it into the batch for the caller to publish. */
     pthread_mutex_lock(&pool->mu);
@@ -147,7 +147,7 @@ static void batch_fail(ans_pool *pool, ans_batch *b, int rc)
     pthread_mutex_unlock(&pool->mu);
 }
 
-static void batch_run(ans_pool *pool, ans_batch *b, int slot)
+static void batch_run(ans_pool *pool, ans_pool_call *b, int slot)
 {
     /* Relaxed atomics suffice: results reach the caller through the mutex when workers leave. */
     while (!atomic_load_explicit(&b->failed, memory_order_relaxed)) {
@@ -178,7 +178,7 @@ static void *worker_main(void *arg)
     for (;;) {
         while (!pool->shutdown && !pool->head) pthread_cond_wait(&pool->work_cv, &pool->mu);
         if (pool->shutdown) break;
-        ans_batch *b = pool->head;
+        ans_pool_call *b = pool->head;
         if (batch_exhausted(b)) { /* all handed out: nothing to join, drop it from the queue */
             batch_unlink(pool, b);
             continue;
@@ -237,7 +237,7 @@ int ans_pool_for(ans_pool *pool, size_t n, ans_job_fn fn, void *ctx)
         pid_t pid = getpid();
         if (pool->pid != pid) ANS_TRY(pool_adopt(pool, pid));
 
-        ans_batch b;
+        ans_pool_call b;
         b.prev = b.next = NULL;
         b.active = 0;
         b.next_slot = 1;
