@@ -370,7 +370,7 @@ static int rows_alloc(const ans_element *e, ans_rows **out, const uint64_t *size
     if (total > SIZE_MAX || total == UINT64_MAX)
         return ans_ad_err(e->core, ANS_ENOMEM, e->key, "the result (%llu bytes) is too large",
                           (unsigned long long)total);
-    unsigned char *base = ans_malloc((size_t)total);
+    unsigned char *base = ans_malloc_large((size_t)total);
     if (!base) return ANS_ENOMEM;
     memset(base, 0, sizeof(ans_rows));
     uintptr_t p = (uintptr_t)(base + sizeof(ans_rows));

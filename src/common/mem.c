@@ -7,11 +7,28 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 void *ans_malloc(size_t n)
 {
     void *p = malloc(n ? n : 1);
     if (!p) ans_err(ANS_ENOMEM, "out of memory allocating %zu bytes", n);
+    return p;
+}
+
+void *ans_malloc_large(size_t n)
+{
+    const size_t huge = (size_t)2 << 20;
+    if (n < 2 * huge) return ans_malloc(n);
+    size_t len = (n + huge - 1) & ~(huge - 1);
+    void *p = NULL;
+    if (len < n || posix_memalign(&p, huge, len) != 0) {
+        ans_err(ANS_ENOMEM, "out of memory allocating %zu bytes", n);
+        return NULL;
+    }
+#ifdef MADV_HUGEPAGE
+    (void)madvise(p, len, MADV_HUGEPAGE); /* advisory: ignored where THP is off */
+#endif
     return p;
 }
 

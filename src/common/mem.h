@@ -10,6 +10,11 @@ void *ans_malloc(size_t n);
 void *ans_calloc(size_t count, size_t size);
 void *ans_realloc(void *p, size_t n);
 char *ans_strdup(const char *s);
+/* Like ans_malloc, for large output buffers that are written once in full (row reads): from 4 MiB
+ * on, the block is 2 MiB-aligned and advised for transparent huge pages, so that filling it costs a
+ * few hundred page faults instead of one per 4 KiB (40% of a large read's time otherwise). Freed
+ * with free(). */
+void *ans_malloc_large(size_t n);
 char *ans_strndup(const char *s, size_t n);
 /* printf into a new string (NULL + ANS_ENOMEM on failure). */
 char *ans_asprintf(const char *fmt, ...)
