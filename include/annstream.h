@@ -419,6 +419,121 @@ ANS_EXTERN uint64_t ans_batch_epoch(const ans_batch *batch);
 /** Index of the batch in its epoch (0-based, partition-local: what ans_loader_seek takes). */
 ANS_EXTERN uint64_t ans_batch_index(const ans_batch *batch);
 
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Collections: converting AnnData stores into a pre-shuffled annbatch collection                  */
+
+/*
+ * ans_convert writes the rows of one or more AnnData stores (zarr v2/v3 or .h5ad; CSR, CSC or dense
+ * X) as an annbatch "DatasetCollection" (zarr v3, attrs encoding-type "annbatch-preshuffled"):
+ * datasets dataset_0 .. dataset_{N-1}, each a complete AnnData with sharded X / layers / obsm.
+ *
+ * Rows: the concatenation of the inputs (global row g) is permuted by a uniform random permutation
+ * determined by `seed` (identity with shuffle = 0); output position p holds one input row, and
+ * dataset d holds positions [d*S, (d+1)*S) for S rows per dataset (the last one may be shorter).
+ * The permutation is an explicit Fisher-Yates table (8 bytes per row) while that fits in 1/16 of
+ * the memory budget, else a keyed bijection evaluated on demand (src/loader/sampler.h's ans_perm).
+ *
+ * var: ANS_CONVERT_VAR_UNION: every input's var names in first-seen order (the first input's
+ * names, then the new names of the second, ...); ANS_CONVERT_VAR_INTERSECTION: the names common to
+ * all inputs, in the first input's order; ANS_CONVERT_VAR_LIST: exactly `var_names`, in that order
+ * (genes an input lacks are zeros in its rows). Values of dropped genes are dropped. The output var
+ * frame has the index only. A var name repeated within one input is an error.
+ * X and layers ("layers/<k>") are remapped to the output var: written as CSR (indices sorted within
+ * each row) unless every input stores that element dense, then dense. obsm ("obsm/<k>") is copied
+ * row by row (dense in every input, same dtype and shape[1:]). Values of differing types across
+ * inputs are converted to float64 (numeric columns likewise; nullable integers to int64).
+ *
+ * obs: the columns `obs_columns` (NULL = every column of the first input that every input has with
+ * a compatible kind; others are dropped; nullable-string columns are not carried), plus the
+ * categorical "src_path": the input's path as given (for a dataset of an appended collection, its
+ * existing src_path value). Categorical columns: the union of the inputs' categories in first-seen
+ * order, codes remapped (numeric categories become their decimal text); ordered only if the first
+ * input's is. With obs = NULL a column some input lacks is dropped (also when appending an input
+ * without it). obs names: the first input's names are kept as they are; a name of a later input
+ * that already occurred earlier in the concatenation gets the suffix "-<input index>" (0-based,
+ * so "cell7" of the third input becomes "cell7-2"). The check keeps a hash per row (up to 32
+ * bytes); when that would exceed 1/8 of the memory budget, every name of inputs 1.. gets the
+ * suffix instead.
+ *
+ * Memory (bounded, whatever the input size): pass 1 reads each input in blocks of rows and scatters
+ * them (row header, obs values, remapped indices and values) into one temporary run file per output
+ * dataset; pass 2 loads the runs of a dataset, in slices of output positions that fit the budget
+ * (a run larger than that is split by position into smaller runs first), and writes the dataset in
+ * output order. The budget covers the read blocks, the scatter buffers and the loaded slice. On top
+ * of it: the writer's shard buffers (about 2 x min(shard_size, the array's size) per open array),
+ * the obs columns of the input being read (read whole: the read API has no row-range frame read)
+ * and those of the dataset being written (written when the dataset is complete). Inputs are
+ * opened with one decode thread each and the one being read with `threads`.
+ *
+ * Safety: the collection is written into a temporary sibling directory and renamed into place when
+ * complete; the run files live in another temporary sibling "<output>.runs-XXXXXX" removed at the
+ * end (an interrupted run leaves only directories whose names say so and no zarr.json at
+ * `output`). An existing `output` is an error (ANS_EINVAL) unless `overwrite` or `append`; then the
+ * new collection is written as "<output>.staged-<pid>" and replaces it only once complete (two
+ * renames: the old one moves to "<output>.old-<pid>", removed afterwards). append: the datasets of the existing collection
+ * at `output` are read as inputs (first, in dataset order) together with `inputs`; var follows the
+ * policy (union keeps new genes); everything is reshuffled and rewritten.
+ */
+
+typedef enum ans_convert_var {
+    ANS_CONVERT_VAR_UNION = 0,
+    ANS_CONVERT_VAR_INTERSECTION = 1,
+    ANS_CONVERT_VAR_LIST = 2
+} ans_convert_var;
+
+typedef enum ans_convert_compressor {
+    ANS_CONVERT_LZ4 = 0, /* blosc lz4, clevel 3, byte shuffle (annbatch's default) */
+    ANS_CONVERT_ZSTD = 1, /* zstd, default level */
+    ANS_CONVERT_NONE = 2
+} ans_convert_compressor;
+
+/** Progress: `done` of `total` rows (each row counts half when scattered and half when written).
+ *  Called from the thread running ans_convert; returning nonzero cancels (ANS_ECANCELLED). */
+typedef int (*ans_convert_progress_fn)(void *user, uint64_t done, uint64_t total);
+
+typedef struct ans_convert_options {
+    unsigned version;             /* ANS_CONVERT_OPTIONS_VERSION */
+    uint64_t seed;
+    int shuffle;                  /* nonzero (default): uniform random row order */
+    uint64_t dataset_size_rows;   /* rows per dataset; 0 = by dataset_size_bytes */
+    uint64_t dataset_size_bytes;  /* estimated uncompressed bytes per dataset (default 20 GiB) */
+    ans_convert_var var;
+    const char *const *var_names; /* ANS_CONVERT_VAR_LIST: n_var_names names */
+    size_t n_var_names;
+    const char *const *obs_columns; /* NULL = all common columns */
+    size_t n_obs_columns;
+    const char *const *layers;    /* layer names (without "layers/") carried along */
+    size_t n_layers;
+    const char *const *obsm;      /* obsm names (without "obsm/") carried along */
+    size_t n_obsm;
+    uint64_t n_obs_per_chunk;     /* default 64 */
+    uint64_t shard_size;          /* bytes, default 1 GiB */
+    ans_convert_compressor compressor;
+    uint64_t memory;              /* memory budget in bytes, default 2 GiB */
+    int threads;                  /* decode / encode threads; 0 = number of CPUs */
+    int append;
+    int overwrite;
+    ans_convert_progress_fn progress; /* may be NULL */
+    void *progress_user;
+} ans_convert_options;
+
+#define ANS_CONVERT_OPTIONS_VERSION 1
+#define ANS_CONVERT_OPTIONS_INIT                                                                   \
+    {ANS_CONVERT_OPTIONS_VERSION, 0, 1, 0, (uint64_t)20 << 30, ANS_CONVERT_VAR_UNION, NULL, 0,     \
+     NULL, 0, NULL, 0, NULL, 0, 64, (uint64_t)1 << 30, ANS_CONVERT_LZ4, (uint64_t)2 << 30, 0, 0, 0, \
+     NULL, NULL}
+
+/**
+ * Convert `inputs[0..n_inputs)` into the collection `output` (see above). `opts` may be NULL.
+ * @return ANS_OK; ANS_EINVAL for bad options, an existing output without overwrite/append, or
+ *         inputs that cannot be combined (naming the input and element); ANS_ENOTFOUND for a
+ *         missing input, element or column; ANS_ECANCELLED when the progress callback asked;
+ *         read / write errors.
+ */
+ANS_EXTERN int ans_convert(const char *const *inputs, size_t n_inputs, const char *output,
+                           const ans_convert_options *opts);
+
 #ifdef __cplusplus
 }
 #endif

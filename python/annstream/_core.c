@@ -6,9 +6,12 @@
  *   Store    an open ans_store; read_frame, element, describe, close.
  *   Element  an open ans_element; read_rows, read_range, close.
  *   Rows     owns one ans_rows result; hands out Buffer objects over its buffers.
- *   Buffer   exports one buffer of a Rows through the buffer protocol (zero-copy into numpy). It
- *            holds a strong reference to its Rows, so the ans_rows is freed only when the last numpy
- *            view of any of its buffers is gone.
+ *   Buffer   exports one buffer of a Rows or a Batch through the buffer protocol (zero-copy into
+ *            numpy). It holds a strong reference to its owner, so the ans_rows is freed (the
+ *            ans_batch released) only when the last numpy view of any of its buffers is gone.
+ *   Loader   an ans_loader (made by loader()); next, set_epoch, seek, push_plan, end_plans, close.
+ *   Batch    owns one ans_batch from a Loader; hands out Buffer objects over its buffers and
+ *            calls ans_batch_release when it dies, so the loader never reuses memory still viewed.
  *
  * Concurrency: every call into the library that may do I/O or decode runs with the GIL released.
  * Store and Element objects count the calls in flight (`busy`, only ever touched with the GIL
@@ -31,6 +34,7 @@
 #include <windows.h>
 #else
 #include <time.h>
+#include <unistd.h>
 #endif
 
 #include "annstream.h"
@@ -44,6 +48,8 @@ typedef struct {
     PyTypeObject *ElementType;
     PyTypeObject *RowsType;
     PyTypeObject *BufferType;
+    PyTypeObject *LoaderType;
+    PyTypeObject *BatchType;
 } module_state;
 
 static struct PyModuleDef core_module;
@@ -1149,6 +1155,599 @@ static PyType_Spec Element_spec = {
 };
 
 /* ---------------------------------------------------------------------------------------------- */
+/* Batch                                                                                           */
+
+/* One ans_batch handed out by a Loader. Its buffers are exported (zero-copy) through Buffer objects
+ * that hold a strong reference to the Batch, so ans_batch_release - after which the loader reuses
+ * the memory - runs only when the last numpy array / tensor viewing any of them is gone. */
+typedef struct {
+    PyObject_HEAD
+    ans_batch *batch;
+    long pid; /* process that got the batch: a forked child never releases it (the loader's mutex
+                 may have been copied locked) */
+} BatchObject;
+
+static long current_pid(void) {
+#if defined(_WIN32)
+    return (long)GetCurrentProcessId();
+#else
+    return (long)getpid();
+#endif
+}
+
+static void Batch_dealloc(PyObject *op) {
+    BatchObject *self = (BatchObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    if (self->batch != NULL && self->pid == current_pid()) {
+        ans_batch_release(self->batch);
+    }
+    self->batch = NULL;
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static Py_ssize_t batch_data_bytes(const ans_batch *b) {
+    size_t itemsize = ans_dtype_size(ans_batch_dtype(b));
+    uint64_t count;
+    if (ans_batch_format(b) == ANS_FORMAT_CSR) {
+        count = ans_batch_nnz(b);
+    } else {
+        const uint64_t *shape = ans_batch_shape(b);
+        int ndim = ans_batch_ndim(b);
+        count = 1;
+        for (int i = 0; i < ndim; i++) {
+            if (shape[i] != 0 && count > UINT64_MAX / shape[i]) {
+                PyErr_SetString(PyExc_OverflowError, "annstream: batch too large");
+                return -1;
+            }
+            count *= shape[i];
+        }
+    }
+    return byte_size(count, itemsize);
+}
+
+/* parts() -> (format, shape, dtype, index_dtype, data, indices, indptr, rows): everything needed to
+ * build the Python objects in one call. CSR-only entries are None for dense batches; rows is None
+ * without return_index. */
+static PyObject *Batch_parts(PyObject *op, PyObject *unused) {
+    (void)unused;
+    BatchObject *self = (BatchObject *)op;
+    const ans_batch *b = self->batch;
+    module_state *st = state_of_type(Py_TYPE(op));
+    if (st == NULL) {
+        return NULL;
+    }
+    PyObject *shape = NULL, *data = NULL, *indices = NULL, *indptr = NULL, *rows = NULL;
+    PyObject *result = NULL;
+    int csr = ans_batch_format(b) == ANS_FORMAT_CSR;
+    uint64_t nrows = ans_batch_n_rows(b);
+    shape = shape_tuple(ans_batch_shape(b), ans_batch_ndim(b));
+    if (shape == NULL) {
+        goto done;
+    }
+    Py_ssize_t len = batch_data_bytes(b);
+    if (len < 0 || (data = buffer_new(st, op, ans_batch_data(b), len)) == NULL) {
+        goto done;
+    }
+    if (csr) {
+        size_t isz = ans_dtype_size(ans_batch_index_dtype(b));
+        Py_ssize_t ilen = byte_size(ans_batch_nnz(b), isz);
+        if (ilen < 0 || (indices = buffer_new(st, op, ans_batch_indices(b), ilen)) == NULL) {
+            goto done;
+        }
+        Py_ssize_t plen = byte_size(nrows + 1, isz);
+        if (plen < 0 || (indptr = buffer_new(st, op, ans_batch_indptr(b), plen)) == NULL) {
+            goto done;
+        }
+    } else {
+        indices = Py_NewRef(Py_None);
+        indptr = Py_NewRef(Py_None);
+    }
+    const uint64_t *r = ans_batch_rows(b);
+    if (r != NULL) {
+        Py_ssize_t rlen = byte_size(nrows, sizeof(uint64_t));
+        if (rlen < 0 || (rows = buffer_new(st, op, (void *)r, rlen)) == NULL) {
+            goto done;
+        }
+    } else {
+        rows = Py_NewRef(Py_None);
+    }
+    if (csr) {
+        result = Py_BuildValue("(sOssOOOO)", "csr", shape, ans_dtype_name(ans_batch_dtype(b)),
+                               ans_dtype_name(ans_batch_index_dtype(b)), data, indices, indptr,
+                               rows);
+    } else {
+        result = Py_BuildValue("(sOsOOOOO)", "dense", shape, ans_dtype_name(ans_batch_dtype(b)),
+                               Py_None, data, indices, indptr, rows);
+    }
+done:
+    Py_XDECREF(shape);
+    Py_XDECREF(data);
+    Py_XDECREF(indices);
+    Py_XDECREF(indptr);
+    Py_XDECREF(rows);
+    return result;
+}
+
+static PyObject *Batch_get_epoch(PyObject *op, void *closure) {
+    (void)closure;
+    const ans_batch *b = ((BatchObject *)op)->batch;
+    return PyLong_FromUnsignedLongLong((unsigned long long)ans_batch_epoch(b));
+}
+
+static PyObject *Batch_get_index(PyObject *op, void *closure) {
+    (void)closure;
+    const ans_batch *b = ((BatchObject *)op)->batch;
+    return PyLong_FromUnsignedLongLong((unsigned long long)ans_batch_index(b));
+}
+
+static PyObject *Batch_get_n_rows(PyObject *op, void *closure) {
+    (void)closure;
+    const ans_batch *b = ((BatchObject *)op)->batch;
+    return PyLong_FromUnsignedLongLong((unsigned long long)ans_batch_n_rows(b));
+}
+
+static PyObject *Batch_get_data_address(PyObject *op, void *closure) {
+    (void)closure;
+    return PyLong_FromVoidPtr(ans_batch_data(((BatchObject *)op)->batch));
+}
+
+static PyMethodDef Batch_methods[] = {
+    {"parts", Batch_parts, METH_NOARGS,
+     "parts()\n--\n\n(format, shape, dtype, index_dtype, data, indices, indptr, rows): the batch's "
+     "buffers (zero-copy); index_dtype, indices, indptr are None for dense batches, rows without "
+     "return_index."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Batch_getset[] = {
+    {"epoch", Batch_get_epoch, NULL, "The epoch the batch belongs to.", NULL},
+    {"index", Batch_get_index, NULL, "Index of the batch in its epoch (partition-local).", NULL},
+    {"n_rows", Batch_get_n_rows, NULL, "Rows in the batch.", NULL},
+    {"data_address", Batch_get_data_address, NULL, "Address of the values (for tests).", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Batch_slots[] = {
+    {Py_tp_doc, (void *)"A batch from a Loader; owns its buffers until the last view is gone."},
+    {Py_tp_dealloc, (void *)Batch_dealloc},
+    {Py_tp_methods, (void *)Batch_methods},
+    {Py_tp_getset, (void *)Batch_getset},
+    {0, NULL},
+};
+
+static PyType_Spec Batch_spec = {
+    .name = "annstream._core.Batch",
+    .basicsize = sizeof(BatchObject),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Batch_slots,
+};
+
+/* ---------------------------------------------------------------------------------------------- */
+/* Loader                                                                                          */
+
+/* An ans_loader. One thread drives it: calls are counted in `busy` (GIL held when changed); a
+ * second concurrent call raises RuntimeError; close() waits (GIL released) for the call in flight,
+ * then frees the loader (which stops its producer thread). Batches handed out stay valid. */
+typedef struct {
+    PyObject_HEAD
+    ans_loader *loader;
+    long pid; /* creator process: in a forked child the loader cannot be used */
+    Py_ssize_t busy;
+    int closing;
+} LoaderObject;
+
+static int loader_enter(LoaderObject *self) {
+    if (self->loader == NULL || self->closing) {
+        closed_error("loader");
+        return -1;
+    }
+    if (self->busy > 0) {
+        PyErr_SetString(PyExc_RuntimeError, "annstream: the loader is in use by another thread "
+                                            "(one thread drives a loader)");
+        return -1;
+    }
+    self->busy++;
+    return 0;
+}
+
+static void loader_leave(LoaderObject *self) {
+    self->busy--;
+}
+
+static void free_loader_nogil(ans_loader *loader) {
+    if (loader == NULL) {
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    ans_loader_free(loader);
+    Py_END_ALLOW_THREADS
+}
+
+static void Loader_dealloc(PyObject *op) {
+    LoaderObject *self = (LoaderObject *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    ans_loader *loader = self->loader;
+    self->loader = NULL;
+    free_loader_nogil(loader);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *Loader_close(PyObject *op, PyObject *unused) {
+    (void)unused;
+    LoaderObject *self = (LoaderObject *)op;
+    if (self->loader == NULL || self->closing) {
+        Py_RETURN_NONE;
+    }
+    self->closing = 1;
+    while (self->busy > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        sleep_briefly();
+        Py_END_ALLOW_THREADS
+    }
+    ans_loader *loader = self->loader;
+    self->loader = NULL;
+    free_loader_nogil(loader);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Loader_next(PyObject *op, PyObject *unused) {
+    (void)unused;
+    LoaderObject *self = (LoaderObject *)op;
+    module_state *st = state_of_type(Py_TYPE(op));
+    if (st == NULL || loader_enter(self) < 0) {
+        return NULL;
+    }
+    ans_batch *batch = NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ans_loader_next(self->loader, &batch);
+    Py_END_ALLOW_THREADS
+    loader_leave(self);
+    if (rc == ANS_ITEROVER) {
+        Py_RETURN_NONE;
+    }
+    if (rc != ANS_OK) {
+        return raise_status(st, rc, 0, NULL);
+    }
+    BatchObject *b = (BatchObject *)PyType_GenericAlloc(st->BatchType, 0);
+    if (b == NULL) {
+        ans_batch_release(batch);
+        return NULL;
+    }
+    b->batch = batch;
+    b->pid = current_pid();
+    return (PyObject *)b;
+}
+
+static PyObject *Loader_set_epoch(PyObject *op, PyObject *args) {
+    LoaderObject *self = (LoaderObject *)op;
+    unsigned long long epoch;
+    if (!PyArg_ParseTuple(args, "K:set_epoch", &epoch)) {
+        return NULL;
+    }
+    module_state *st = state_of_type(Py_TYPE(op));
+    if (st == NULL || loader_enter(self) < 0) {
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ans_loader_set_epoch(self->loader, (uint64_t)epoch);
+    Py_END_ALLOW_THREADS
+    loader_leave(self);
+    if (rc != ANS_OK) {
+        return raise_status(st, rc, 0, NULL);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Loader_seek(PyObject *op, PyObject *args) {
+    LoaderObject *self = (LoaderObject *)op;
+    unsigned long long batch;
+    if (!PyArg_ParseTuple(args, "K:seek", &batch)) {
+        return NULL;
+    }
+    module_state *st = state_of_type(Py_TYPE(op));
+    if (st == NULL || loader_enter(self) < 0) {
+        return NULL;
+    }
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ans_loader_seek(self->loader, (uint64_t)batch);
+    Py_END_ALLOW_THREADS
+    loader_leave(self);
+    if (rc != ANS_OK) {
+        return raise_status(st, rc, 0, NULL);
+    }
+    Py_RETURN_NONE;
+}
+
+/* A C-contiguous 1-D buffer of native uint64 (or int64: the caller checked the values). */
+static int get_u64_buffer(PyObject *obj, Py_buffer *view, const char *what) {
+    if (PyObject_GetBuffer(obj, view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError, "%s must be a contiguous buffer of uint64", what);
+        return -1;
+    }
+    const char *fmt = view->format != NULL ? view->format : "B";
+    if (fmt[0] == '@' || fmt[0] == '=' || (fmt[0] == '<' && host_is_little_endian()) ||
+        (fmt[0] == '>' && !host_is_little_endian())) {
+        fmt++;
+    }
+    int ok = view->itemsize == 8 && (strcmp(fmt, "Q") == 0 || strcmp(fmt, "L") == 0);
+    if (!ok) {
+        PyBuffer_Release(view);
+        PyErr_Format(PyExc_TypeError, "%s must be a contiguous buffer of uint64", what);
+        return -1;
+    }
+    return 0;
+}
+
+/* push_plan(ranges, order, bounds): uint64 buffers; ranges holds (start, count) pairs. Safe while
+ * another thread is in next() (the C call is thread-safe against it): not counted in `busy`. */
+static PyObject *Loader_push_plan(PyObject *op, PyObject *args) {
+    LoaderObject *self = (LoaderObject *)op;
+    PyObject *ranges_obj, *order_obj, *bounds_obj;
+    if (!PyArg_ParseTuple(args, "OOO:push_plan", &ranges_obj, &order_obj, &bounds_obj)) {
+        return NULL;
+    }
+    module_state *st = state_of_type(Py_TYPE(op));
+    if (st == NULL) {
+        return NULL;
+    }
+    if (self->loader == NULL || self->closing) {
+        return closed_error("loader");
+    }
+    Py_buffer ranges, order, bounds;
+    if (get_u64_buffer(ranges_obj, &ranges, "ranges") < 0) {
+        return NULL;
+    }
+    if (get_u64_buffer(order_obj, &order, "order") < 0) {
+        PyBuffer_Release(&ranges);
+        return NULL;
+    }
+    if (get_u64_buffer(bounds_obj, &bounds, "batch_bounds") < 0) {
+        PyBuffer_Release(&ranges);
+        PyBuffer_Release(&order);
+        return NULL;
+    }
+    PyObject *result = NULL;
+    size_t n_ranges2 = (size_t)(ranges.len / 8), n_order = (size_t)(order.len / 8);
+    size_t n_bounds = (size_t)(bounds.len / 8);
+    if (n_ranges2 % 2 != 0) {
+        PyErr_SetString(PyExc_ValueError, "ranges must hold (start, count) pairs");
+    } else if (n_bounds < 1) {
+        PyErr_SetString(PyExc_ValueError, "batch_bounds must hold n_batches + 1 >= 1 entries");
+    } else {
+        self->busy++; /* close() waits for this push */
+        int rc;
+        Py_BEGIN_ALLOW_THREADS
+        rc = ans_loader_push_plan(self->loader, (const uint64_t *)ranges.buf, n_ranges2 / 2,
+                                  (const uint64_t *)order.buf, n_order,
+                                  (const uint64_t *)bounds.buf, n_bounds - 1);
+        Py_END_ALLOW_THREADS
+        self->busy--;
+        result = rc == ANS_OK ? Py_NewRef(Py_None) : raise_status(st, rc, 0, NULL);
+    }
+    PyBuffer_Release(&ranges);
+    PyBuffer_Release(&order);
+    PyBuffer_Release(&bounds);
+    return result;
+}
+
+static PyObject *Loader_end_plans(PyObject *op, PyObject *unused) {
+    (void)unused;
+    LoaderObject *self = (LoaderObject *)op;
+    module_state *st = state_of_type(Py_TYPE(op));
+    if (st == NULL) {
+        return NULL;
+    }
+    if (self->loader == NULL || self->closing) {
+        return closed_error("loader");
+    }
+    int rc = ans_loader_end_plans(self->loader);
+    if (rc != ANS_OK) {
+        return raise_status(st, rc, 0, NULL);
+    }
+    Py_RETURN_NONE;
+}
+
+#define LOADER_CHECK_OPEN(self)                                                                    \
+    do {                                                                                           \
+        if ((self)->loader == NULL || (self)->closing) {                                           \
+            return closed_error("loader");                                                         \
+        }                                                                                          \
+    } while (0)
+
+static PyObject *Loader_get_n_batches(PyObject *op, void *closure) {
+    (void)closure;
+    LoaderObject *self = (LoaderObject *)op;
+    LOADER_CHECK_OPEN(self);
+    return PyLong_FromUnsignedLongLong((unsigned long long)ans_loader_n_batches(self->loader));
+}
+
+static PyObject *Loader_get_n_obs(PyObject *op, void *closure) {
+    (void)closure;
+    LoaderObject *self = (LoaderObject *)op;
+    LOADER_CHECK_OPEN(self);
+    return PyLong_FromUnsignedLongLong((unsigned long long)ans_loader_n_obs(self->loader));
+}
+
+static PyObject *Loader_get_epoch(PyObject *op, void *closure) {
+    (void)closure;
+    LoaderObject *self = (LoaderObject *)op;
+    LOADER_CHECK_OPEN(self);
+    return PyLong_FromUnsignedLongLong((unsigned long long)ans_loader_epoch(self->loader));
+}
+
+static PyObject *Loader_get_closed(PyObject *op, void *closure) {
+    (void)closure;
+    LoaderObject *self = (LoaderObject *)op;
+    return PyBool_FromLong(self->loader == NULL || self->closing);
+}
+
+static PyObject *Loader_get_pid(PyObject *op, void *closure) {
+    (void)closure;
+    return PyLong_FromLong(((LoaderObject *)op)->pid);
+}
+
+static PyMethodDef Loader_methods[] = {
+    {"next", Loader_next, METH_NOARGS,
+     "next()\n--\n\nThe next Batch of the epoch, or None at its end (waits, GIL released)."},
+    {"set_epoch", Loader_set_epoch, METH_VARARGS,
+     "set_epoch(epoch)\n--\n\nStart epoch `epoch` from its first batch."},
+    {"seek", Loader_seek, METH_VARARGS,
+     "seek(batch)\n--\n\nContinue the current epoch at batch `batch`."},
+    {"push_plan", Loader_push_plan, METH_VARARGS,
+     "push_plan(ranges, order, batch_bounds)\n--\n\nCustom-plan mode: queue one load (uint64 "
+     "buffers; ranges as (start, count) pairs)."},
+    {"end_plans", Loader_end_plans, METH_NOARGS,
+     "end_plans()\n--\n\nCustom-plan mode: no more plans this epoch."},
+    {"close", Loader_close, METH_NOARGS,
+     "close()\n--\n\nStop the producer and free the loader; batches handed out stay valid."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Loader_getset[] = {
+    {"n_batches", Loader_get_n_batches, NULL, "Batches of this partition per epoch.", NULL},
+    {"n_obs", Loader_get_n_obs, NULL, "Total rows of the stores.", NULL},
+    {"epoch", Loader_get_epoch, NULL, "The current epoch.", NULL},
+    {"closed", Loader_get_closed, NULL, "True once close() was called.", NULL},
+    {"pid", Loader_get_pid, NULL, "The process that created the loader.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot Loader_slots[] = {
+    {Py_tp_doc, (void *)"A C loader over stores (use annstream.Loader)."},
+    {Py_tp_dealloc, (void *)Loader_dealloc},
+    {Py_tp_methods, (void *)Loader_methods},
+    {Py_tp_getset, (void *)Loader_getset},
+    {0, NULL},
+};
+
+static PyType_Spec Loader_spec = {
+    .name = "annstream._core.Loader",
+    .basicsize = sizeof(LoaderObject),
+    .itemsize = 0,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION | Py_TPFLAGS_IMMUTABLETYPE,
+    .slots = Loader_slots,
+};
+
+static int dtype_from_name(const char *name, ans_dtype *out) {
+    for (int d = ANS_DTYPE_BOOL; d <= ANS_DTYPE_STRING; d++) {
+        if (strcmp(ans_dtype_name((ans_dtype)d), name) == 0) {
+            *out = (ans_dtype)d;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* loader(stores, key, ...): make an ans_loader (starts no thread). */
+static PyObject *core_loader(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"stores", "key", "batch_size", "chunk_size", "preload_nchunks",
+                             "shuffle", "drop_last", "replacement", "num_samples", "seed", "epoch",
+                             "partition", "n_partitions", "prefetch", "threads", "densify",
+                             "out_dtype", "return_index", "custom_plans", NULL};
+    PyObject *stores_obj;
+    const char *key = "X";
+    unsigned long long batch_size = 1, chunk_size = 512, preload_nchunks = 32, num_samples = 0;
+    unsigned long long seed = 0, epoch = 0, partition = 0, n_partitions = 1;
+    int shuffle = 0, drop_last = 0, replacement = 0, prefetch = 2, threads = 0, densify = 0;
+    int return_index = 0, custom_plans = 0;
+    const char *out_dtype = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|sKKKpppKKKKKiipzpp:loader", kwlist,
+                                     &stores_obj, &key, &batch_size, &chunk_size, &preload_nchunks,
+                                     &shuffle, &drop_last, &replacement, &num_samples, &seed,
+                                     &epoch, &partition, &n_partitions, &prefetch, &threads,
+                                     &densify, &out_dtype, &return_index, &custom_plans)) {
+        return NULL;
+    }
+    module_state *st = state_of_module(module);
+    ans_loader_options opts = ANS_LOADER_OPTIONS_INIT;
+    opts.key = key;
+    opts.batch_size = batch_size;
+    opts.chunk_size = chunk_size;
+    opts.preload_nchunks = preload_nchunks;
+    opts.shuffle = shuffle;
+    opts.drop_last = drop_last;
+    opts.replacement = replacement;
+    opts.num_samples = num_samples;
+    opts.seed = seed;
+    opts.epoch = epoch;
+    opts.partition = partition;
+    opts.n_partitions = n_partitions;
+    opts.prefetch = prefetch;
+    opts.threads = threads;
+    opts.densify = densify;
+    opts.return_index = return_index;
+    opts.custom_plans = custom_plans;
+    if (out_dtype != NULL && dtype_from_name(out_dtype, &opts.out_dtype) < 0) {
+        PyErr_Format(PyExc_ValueError, "unknown dtype %s", out_dtype);
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(stores_obj, "stores must be a sequence of Store objects");
+    if (seq == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n < 1) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "no stores");
+        return NULL;
+    }
+    ans_store **stores = PyMem_Calloc((size_t)n, sizeof *stores);
+    if (stores == NULL) {
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t entered = 0;
+    PyObject *result = NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *s = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyObject_TypeCheck(s, st->StoreType)) {
+            PyErr_Format(PyExc_TypeError, "stores[%zd] is not an annstream._core.Store", i);
+            goto done;
+        }
+        if (store_enter((StoreObject *)s) < 0) {
+            goto done;
+        }
+        entered = i + 1;
+        stores[i] = ((StoreObject *)s)->store;
+    }
+    ans_loader *loader = NULL;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ans_loader_new(&loader, stores, (size_t)n, &opts);
+    Py_END_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < entered; i++) {
+        store_leave((StoreObject *)PySequence_Fast_GET_ITEM(seq, i));
+    }
+    entered = 0;
+    if (rc != ANS_OK) {
+        raise_status(st, rc, 0, NULL);
+        goto done;
+    }
+    LoaderObject *lo = (LoaderObject *)PyType_GenericAlloc(st->LoaderType, 0);
+    if (lo == NULL) {
+        free_loader_nogil(loader);
+        goto done;
+    }
+    lo->loader = loader;
+    lo->pid = current_pid();
+    result = (PyObject *)lo;
+done:
+    for (Py_ssize_t i = 0; i < entered; i++) {
+        store_leave((StoreObject *)PySequence_Fast_GET_ITEM(seq, i));
+    }
+    PyMem_Free(stores);
+    Py_DECREF(seq);
+    return result;
+}
+
+/* ---------------------------------------------------------------------------------------------- */
 /* module functions                                                                                */
 
 static PyObject *core_open(PyObject *module, PyObject *args, PyObject *kwargs) {
@@ -1202,10 +1801,182 @@ static PyObject *core_version(PyObject *module, PyObject *unused) {
     return PyUnicode_FromString(ans_version());
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* convert: ans_convert (collections) - used by annstream/_convert.py                              */
+
+typedef struct convert_cb {
+    PyObject *progress; /* callable(done, total) or None */
+    int failed;         /* the callback raised (or a signal arrived): the exception is pending */
+} convert_cb;
+
+/* Called on the converting thread without the GIL: take it briefly, let signal handlers run
+ * (KeyboardInterrupt cancels) and report progress. */
+static int convert_progress(void *user, uint64_t done, uint64_t total) {
+    convert_cb *cb = user;
+    PyGILState_STATE g = PyGILState_Ensure();
+    int stop = 0;
+    if (cb->failed || PyErr_CheckSignals() < 0) {
+        stop = 1;
+    } else if (cb->progress != Py_None) {
+        PyObject *r = PyObject_CallFunction(cb->progress, "KK", (unsigned long long)done,
+                                            (unsigned long long)total);
+        if (r == NULL) {
+            stop = 1;
+        }
+        Py_XDECREF(r);
+    }
+    if (stop) {
+        cb->failed = 1;
+    }
+    PyGILState_Release(g);
+    return stop;
+}
+
+/* A tuple of str / bytes -> a PyMem array of C strings borrowed from the tuple's items (UTF-8 for
+ * str when `fs` is 0, else bytes expected). `*tuple` keeps them alive. */
+static const char **convert_strings(PyObject *seq, PyObject **tuple, size_t *n, const char *what) {
+    *tuple = NULL;
+    *n = 0;
+    if (seq == Py_None) {
+        return NULL;
+    }
+    *tuple = PySequence_Tuple(seq);
+    if (*tuple == NULL) {
+        return NULL;
+    }
+    Py_ssize_t len = PyTuple_GET_SIZE(*tuple);
+    const char **v = PyMem_Calloc((size_t)len + 1, sizeof *v);
+    if (v == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        PyObject *it = PyTuple_GET_ITEM(*tuple, i);
+        if (PyBytes_Check(it)) {
+            v[i] = PyBytes_AS_STRING(it);
+        } else if (PyUnicode_Check(it)) {
+            v[i] = PyUnicode_AsUTF8(it);
+            if (v[i] == NULL) {
+                PyMem_Free(v);
+                return NULL;
+            }
+        } else {
+            PyErr_Format(PyExc_TypeError, "%s[%zd] is not a str", what, i);
+            PyMem_Free(v);
+            return NULL;
+        }
+    }
+    *n = (size_t)len;
+    return v;
+}
+
+static PyObject *core_convert(PyObject *module, PyObject *args, PyObject *kwargs) {
+    static char *kwlist[] = {"inputs", "output", "shuffle", "seed", "dataset_size_rows",
+                             "dataset_size_bytes", "var", "var_names", "obs", "layers", "obsm",
+                             "n_obs_per_chunk", "shard_size", "compressor", "memory", "threads",
+                             "append", "overwrite", "progress", NULL};
+    PyObject *inputs = NULL, *output_bytes = NULL, *var_names = Py_None, *obs = Py_None;
+    PyObject *layers = Py_None, *obsm = Py_None, *progress = Py_None;
+    ans_convert_options o = ANS_CONVERT_OPTIONS_INIT;
+    int shuffle = 1, var = 0, compressor = 0, threads = 0, append = 0, overwrite = 0;
+    unsigned long long seed = 0, ds_rows = 0, ds_bytes = o.dataset_size_bytes;
+    unsigned long long chunk = 64, shard = o.shard_size, memory = o.memory;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&|pKKKiOOOOKKiKippO:convert", kwlist,
+                                     &inputs, PyUnicode_FSConverter, &output_bytes, &shuffle,
+                                     &seed, &ds_rows, &ds_bytes, &var, &var_names, &obs, &layers,
+                                     &obsm, &chunk, &shard, &compressor, &memory, &threads,
+                                     &append, &overwrite, &progress)) {
+        return NULL;
+    }
+    module_state *st = state_of_module(module);
+    PyObject *t_in = NULL, *t_var = NULL, *t_obs = NULL, *t_layers = NULL, *t_obsm = NULL;
+    const char **c_in = NULL, **c_var = NULL, **c_obs = NULL, **c_layers = NULL, **c_obsm = NULL;
+    PyObject *result = NULL;
+    size_t n_in = 0;
+    if (progress != Py_None && !PyCallable_Check(progress)) {
+        PyErr_SetString(PyExc_TypeError, "progress must be callable or None");
+        goto done;
+    }
+    c_in = convert_strings(inputs, &t_in, &n_in, "inputs");
+    if (c_in == NULL && PyErr_Occurred()) {
+        goto done;
+    }
+    c_var = convert_strings(var_names, &t_var, &o.n_var_names, "var");
+    if (c_var == NULL && PyErr_Occurred()) {
+        goto done;
+    }
+    c_obs = convert_strings(obs, &t_obs, &o.n_obs_columns, "obs");
+    if (c_obs == NULL && PyErr_Occurred()) {
+        goto done;
+    }
+    c_layers = convert_strings(layers, &t_layers, &o.n_layers, "layers");
+    if (c_layers == NULL && PyErr_Occurred()) {
+        goto done;
+    }
+    c_obsm = convert_strings(obsm, &t_obsm, &o.n_obsm, "obsm");
+    if (c_obsm == NULL && PyErr_Occurred()) {
+        goto done;
+    }
+    o.seed = seed;
+    o.shuffle = shuffle;
+    o.dataset_size_rows = ds_rows;
+    o.dataset_size_bytes = ds_bytes;
+    o.var = (ans_convert_var)var;
+    o.var_names = c_var;
+    o.obs_columns = c_obs;
+    o.layers = c_layers;
+    o.obsm = c_obsm;
+    o.n_obs_per_chunk = chunk;
+    o.shard_size = shard;
+    o.compressor = (ans_convert_compressor)compressor;
+    o.memory = memory;
+    o.threads = threads;
+    o.append = append;
+    o.overwrite = overwrite;
+    convert_cb cb = {progress, 0};
+    o.progress = convert_progress;
+    o.progress_user = &cb;
+    const char *output = PyBytes_AS_STRING(output_bytes);
+    int rc;
+    Py_BEGIN_ALLOW_THREADS
+    rc = ans_convert(c_in ? c_in : (const char **)&output, c_in ? n_in : 0, output, &o);
+    Py_END_ALLOW_THREADS
+    if (rc != ANS_OK) {
+        if (!(cb.failed && PyErr_Occurred())) {
+            raise_status(st, rc, 0, NULL);
+        }
+        goto done;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    PyMem_Free(c_in);
+    PyMem_Free(c_var);
+    PyMem_Free(c_obs);
+    PyMem_Free(c_layers);
+    PyMem_Free(c_obsm);
+    Py_XDECREF(t_in);
+    Py_XDECREF(t_var);
+    Py_XDECREF(t_obs);
+    Py_XDECREF(t_layers);
+    Py_XDECREF(t_obsm);
+    Py_XDECREF(output_bytes);
+    return result;
+}
+
+/* end of the convert section */
+/* ---------------------------------------------------------------------------------------------- */
+
 static PyMethodDef core_methods[] = {
     {"open", (PyCFunction)(void (*)(void))core_open, METH_VARARGS | METH_KEYWORDS,
      "open(path, threads=0)\n--\n\nOpen an AnnData store (zarr v2/v3 directory or .h5ad file)."},
+    {"loader", (PyCFunction)(void (*)(void))core_loader, METH_VARARGS | METH_KEYWORDS,
+     "loader(stores, key='X', batch_size=1, chunk_size=512, preload_nchunks=32, shuffle=False, "
+     "drop_last=False, replacement=False, num_samples=0, seed=0, epoch=0, partition=0, "
+     "n_partitions=1, prefetch=2, threads=0, densify=False, out_dtype=None, return_index=False, "
+     "custom_plans=False)\n--\n\nMake a C loader over the stores (starts no thread)."},
     {"version", core_version, METH_NOARGS, "version()\n--\n\nVersion of the linked C library."},
+    {"convert", (PyCFunction)(void (*)(void))core_convert, METH_VARARGS | METH_KEYWORDS,
+     "convert(inputs, output, shuffle=True, seed=0, ...)\n--\n\nans_convert (see annstream.convert)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1237,7 +2008,9 @@ static int core_exec(PyObject *module) {
     if (add_type(module, &Buffer_spec, &st->BufferType) < 0 ||
         add_type(module, &Rows_spec, &st->RowsType) < 0 ||
         add_type(module, &Store_spec, &st->StoreType) < 0 ||
-        add_type(module, &Element_spec, &st->ElementType) < 0) {
+        add_type(module, &Element_spec, &st->ElementType) < 0 ||
+        add_type(module, &Batch_spec, &st->BatchType) < 0 ||
+        add_type(module, &Loader_spec, &st->LoaderType) < 0) {
         return -1;
     }
     if (PyModule_AddStringConstant(module, "__version__", ans_version()) < 0) {
@@ -1253,6 +2026,8 @@ static int core_traverse(PyObject *module, visitproc visit, void *arg) {
     Py_VISIT(st->ElementType);
     Py_VISIT(st->RowsType);
     Py_VISIT(st->BufferType);
+    Py_VISIT(st->LoaderType);
+    Py_VISIT(st->BatchType);
     return 0;
 }
 
@@ -1263,6 +2038,8 @@ static int core_clear(PyObject *module) {
     Py_CLEAR(st->ElementType);
     Py_CLEAR(st->RowsType);
     Py_CLEAR(st->BufferType);
+    Py_CLEAR(st->LoaderType);
+    Py_CLEAR(st->BatchType);
     return 0;
 }
 

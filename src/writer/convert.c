@@ -1,0 +1,1655 @@
+/* convert.c - AnnData stores -> a pre-shuffled annbatch collection (ans_convert, annstream.h).
+ *
+ * Plan (see annstream.h, "Collections", for the contract):
+ * 1. prepare: open the inputs, build the output var (union / intersection / list) and each
+ *    input's column map, the obs schema (columns, categories unified in first-seen order, the
+ *    src_path categorical), the elements to carry (X, layers, obsm), the row permutation and the
+ *    dataset size S.
+ * 2. pass 1 (scatter): each input is read in blocks of rows through the public read path (chunks
+ *    decoded in parallel on the store's pool); each row becomes one record
+ *        [u64 pos][u64 record bytes][obs values][per element: u32 nnz, u32 indices, values | row]
+ *    appended to the buffer of its output dataset pos / S, flushed to "<runs>/d<d>" when full.
+ * 3. pass 2 (write): per dataset, its run file is loaded in slices of positions that fit the
+ *    budget (a file over budget is first split by position into smaller runs, recursively), its
+ *    records placed by position and appended to the dataset's streaming writers.
+ */
+#define _XOPEN_SOURCE 700 /* nftw, mkdtemp */
+#include "annstream.h"
+#include "common/error.h"
+#include "common/mem.h"
+#include "common/pool.h"
+#include "loader/sampler.h"
+#include "writer/adw.h"
+#include "writer/zarrw.h"
+
+#include <errno.h>
+#include <ftw.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define NONE32 UINT32_MAX
+
+/* ---- small helpers ----------------------------------------------------------------------------
+ */
+
+static uint64_t fnv64(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (size_t i = 0; i < n; i++) {
+        h ^= (uint8_t)s[i];
+        h *= 1099511628211ULL;
+    }
+    return h;
+}
+
+/* A string -> index map (open addressing); keys live in an arena. */
+typedef struct strmap {
+    ans_buf arena;  /* key bytes */
+    uint64_t *koff; /* per entry: offset, length in the arena */
+    uint32_t *klen;
+    uint32_t *slots; /* entry index + 1, 0 = empty */
+    size_t n, cap_entries, nslots;
+} strmap;
+
+static void strmap_free(strmap *m)
+{
+    ans_buf_free(&m->arena);
+    free(m->koff);
+    free(m->klen);
+    free(m->slots);
+    memset(m, 0, sizeof *m);
+}
+
+static const char *strmap_key(const strmap *m, size_t i, size_t *len)
+{
+    *len = m->klen[i];
+    return (const char *)m->arena.data + m->koff[i];
+}
+
+static uint32_t strmap_find(const strmap *m, const char *s, size_t n)
+{
+    if (!m->nslots) return NONE32;
+    size_t mask = m->nslots - 1, i = (size_t)fnv64(s, n) & mask;
+    while (m->slots[i]) {
+        uint32_t e = m->slots[i] - 1;
+        if (m->klen[e] == n && memcmp(m->arena.data + m->koff[e], s, n) == 0) return e;
+        i = (i + 1) & mask;
+    }
+    return NONE32;
+}
+
+/* Index of s, added when new (*added = 1). */
+static int strmap_add(strmap *m, const char *s, size_t n, uint32_t *idx, int *added)
+{
+    if (added) *added = 0;
+    uint32_t f = strmap_find(m, s, n);
+    if (f != NONE32) {
+        *idx = f;
+        return ANS_OK;
+    }
+    if (n > UINT32_MAX || m->n >= NONE32 - 1) return ans_err(ANS_ENOMEM, "too many names");
+    if (m->n == m->cap_entries) {
+        size_t nc = m->cap_entries ? m->cap_entries * 2 : 64;
+        uint64_t *ko = ans_realloc(m->koff, nc * sizeof *ko);
+        if (!ko) return ANS_ENOMEM;
+        m->koff = ko;
+        uint32_t *kl = ans_realloc(m->klen, nc * sizeof *kl);
+        if (!kl) return ANS_ENOMEM;
+        m->klen = kl;
+        m->cap_entries = nc;
+    }
+    if ((m->n + 1) * 2 > m->nslots) {
+        size_t ns = m->nslots ? m->nslots * 2 : 128;
+        uint32_t *sl = ans_calloc(ns, sizeof *sl);
+        if (!sl) return ANS_ENOMEM;
+        for (size_t e = 0; e < m->n; e++) {
+            size_t i =
+                (size_t)fnv64((const char *)m->arena.data + m->koff[e], m->klen[e]) & (ns - 1);
+            while (sl[i])
+                i = (i + 1) & (ns - 1);
+            sl[i] = (uint32_t)e + 1;
+        }
+        free(m->slots);
+        m->slots = sl;
+        m->nslots = ns;
+    }
+    m->koff[m->n] = m->arena.len;
+    m->klen[m->n] = (uint32_t)n;
+    if (ans_buf_append(&m->arena, s, n) != ANS_OK) return ANS_ENOMEM;
+    size_t mask = m->nslots - 1, i = (size_t)fnv64(s, n) & mask;
+    while (m->slots[i])
+        i = (i + 1) & mask;
+    m->slots[i] = (uint32_t)m->n + 1;
+    *idx = (uint32_t)m->n++;
+    if (added) *added = 1;
+    return ANS_OK;
+}
+
+/* offsets + data of the map's keys in order (for the string writers). */
+static int strmap_strings(const strmap *m, uint64_t **off, char **data)
+{
+    *off = ans_calloc(m->n + 1, sizeof **off);
+    *data = ans_malloc(m->arena.len + 1);
+    if (!*off || !*data) {
+        free(*off);
+        free(*data);
+        *off = NULL;
+        *data = NULL;
+        return ANS_ENOMEM;
+    }
+    uint64_t pos = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        memcpy(*data + pos, m->arena.data + m->koff[i], m->klen[i]);
+        pos += m->klen[i];
+        (*off)[i + 1] = pos;
+    }
+    return ANS_OK;
+}
+
+/* A set of 64-bit hashes (0 is mapped to 1). */
+typedef struct hset {
+    uint64_t *slots;
+    size_t n, nslots;
+} hset;
+
+static int hset_insert(hset *h, uint64_t v, int *present)
+{
+    if (!v) v = 1;
+    if ((h->n + 1) * 2 > h->nslots) {
+        size_t ns = h->nslots ? h->nslots * 2 : 1024;
+        uint64_t *sl = ans_calloc(ns, sizeof *sl);
+        if (!sl) return ANS_ENOMEM;
+        for (size_t i = 0; i < h->nslots; i++) {
+            if (!h->slots[i]) continue;
+            size_t j = (size_t)ans_mix64(h->slots[i]) & (ns - 1);
+            while (sl[j])
+                j = (j + 1) & (ns - 1);
+            sl[j] = h->slots[i];
+        }
+        free(h->slots);
+        h->slots = sl;
+        h->nslots = ns;
+    }
+    size_t mask = h->nslots - 1, j = (size_t)ans_mix64(v) & mask;
+    while (h->slots[j]) {
+        if (h->slots[j] == v) {
+            *present = 1;
+            return ANS_OK;
+        }
+        j = (j + 1) & mask;
+    }
+    h->slots[j] = v;
+    h->n++;
+    *present = 0;
+    return ANS_OK;
+}
+
+static int64_t rd_i64(ans_dtype t, const void *p, uint64_t i)
+{
+    switch (t) {
+    case ANS_DTYPE_BOOL:
+    case ANS_DTYPE_UINT8:
+        return ((const uint8_t *)p)[i];
+    case ANS_DTYPE_INT8:
+        return ((const int8_t *)p)[i];
+    case ANS_DTYPE_INT16:
+        return ((const int16_t *)p)[i];
+    case ANS_DTYPE_UINT16:
+        return ((const uint16_t *)p)[i];
+    case ANS_DTYPE_INT32:
+        return ((const int32_t *)p)[i];
+    case ANS_DTYPE_UINT32:
+        return ((const uint32_t *)p)[i];
+    case ANS_DTYPE_INT64:
+        return ((const int64_t *)p)[i];
+    case ANS_DTYPE_UINT64:
+        return (int64_t)((const uint64_t *)p)[i];
+    case ANS_DTYPE_FLOAT32:
+        return (int64_t)((const float *)p)[i];
+    case ANS_DTYPE_FLOAT64:
+        return (int64_t)((const double *)p)[i];
+    default:
+        return 0;
+    }
+}
+
+static double rd_f64(ans_dtype t, const void *p, uint64_t i)
+{
+    switch (t) {
+    case ANS_DTYPE_FLOAT32:
+        return ((const float *)p)[i];
+    case ANS_DTYPE_FLOAT64:
+        return ((const double *)p)[i];
+    case ANS_DTYPE_UINT64:
+        return (double)((const uint64_t *)p)[i];
+    default:
+        return (double)rd_i64(t, p, i);
+    }
+}
+
+static int is_plain_numeric(ans_dtype t)
+{
+    return t >= ANS_DTYPE_BOOL && t <= ANS_DTYPE_FLOAT64 && t != ANS_DTYPE_FLOAT16;
+}
+
+/* Value i of `in` (type it) written as type ot at dst. */
+static void cast_one(void *dst, ans_dtype ot, const void *in, ans_dtype it, uint64_t i)
+{
+    size_t sz = ans_dtype_size(ot);
+    if (ot == it) {
+        memcpy(dst, (const uint8_t *)in + i * sz, sz);
+    } else if (ot == ANS_DTYPE_FLOAT64) {
+        double v = rd_f64(it, in, i);
+        memcpy(dst, &v, 8);
+    } else { /* INT64 */
+        int64_t v = rd_i64(it, in, i);
+        memcpy(dst, &v, 8);
+    }
+}
+
+static int rm_cb(const char *p, const struct stat *sb, int flag, struct FTW *ftw)
+{
+    (void)sb;
+    (void)flag;
+    (void)ftw;
+    return remove(p);
+}
+
+static void rm_rf(const char *p)
+{
+    (void)nftw(p, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Add "<path>: " to the current error unless it already names `path`. */
+static void err_name(const char *path)
+{
+    if (!strstr(ans_error_last(), path)) ans_err_prefix("%s", path);
+}
+
+/* ---- the model --------------------------------------------------------------------------------
+ */
+
+typedef enum oc_kind { OC_NUM, OC_STR, OC_CAT, OC_NINT, OC_NBOOL } oc_kind;
+
+typedef struct cv_col {
+    char *name; /* output name; "src_path" for the source column */
+    int is_src;
+    oc_kind kind;
+    ans_dtype dtype; /* output values (NUM, NINT, NBOOL) */
+    int ordered;
+    strmap cats;     /* CAT: unified categories */
+    uint32_t **cmap; /* CAT: per input, input code -> output code */
+    uint64_t *ncmap; /* CAT: per input, number of input categories */
+    /* pass 2. NUM and STR columns are streamed (zwa; vals / sdata hold one slice, STR vals as
+     * u64 offsets into sdata); CAT (int32 codes) and nullable columns (vals + mask) are kept for
+     * the whole dataset and written when it is complete */
+    ans_zwa *zwa;
+    ans_buf vals, mask;
+    ans_buf sdata;
+} cv_col;
+
+typedef struct cv_elem {
+    char key[256];
+    int var_aligned; /* X, layers: columns remapped to the output var */
+    int out_dense;   /* var-aligned: all inputs dense */
+    ans_dtype dtype;
+    int ndim;
+    uint64_t tail[ANS_ZW_MAX_NDIM]; /* obsm shape[1:] */
+    size_t row_bytes;               /* obsm: bytes per row */
+    uint64_t *ds_nnz;               /* var-aligned: values per dataset */
+    /* pass 2 */
+    ans_adw_csr *csr;
+    ans_zwa *zwa;
+    ans_buf indptr, ind, data; /* slice buffers */
+} cv_elem;
+
+typedef struct cv_input {
+    char *path;
+    ans_store *st;
+    uint64_t n_obs, offset;
+    uint64_t n_vars;
+    uint32_t *vmap; /* input column -> output column (NONE32 = dropped) */
+    int suffix_all; /* obs names fallback */
+} cv_input;
+
+typedef struct cv {
+    const ans_convert_options *o;
+    const char *output;
+    cv_input *in;
+    size_t n_in;
+    uint64_t n_total;
+    strmap var;
+    cv_col *cols;
+    size_t n_cols;
+    cv_elem *el;
+    size_t n_el;
+    /* permutation: table (pos of global row) or keyed bijection */
+    uint64_t *table;
+    ans_perm perm;
+    uint64_t S, n_ds;
+    char *runs; /* run-file directory */
+    hset names;
+    int names_fallback;
+    /* progress */
+    uint64_t done1, done2;
+    ans_adw_opts aopts;
+    ans_pool *pool;
+    uint64_t budget;
+} cv;
+
+static int cv_progress(cv *c)
+{
+    if (!c->o->progress) return ANS_OK;
+    if (c->o->progress(c->o->progress_user, (c->done1 + c->done2) / 2, c->n_total))
+        return ans_err(ANS_ECANCELLED, "%s: conversion cancelled", c->output);
+    return ANS_OK;
+}
+
+/* ---- prepare: var -----------------------------------------------------------------------------
+ */
+
+static int read_index(cv_input *in, const char *which, ans_frame **f, ans_column *idx)
+{
+    static const char *const none[1] = {NULL};
+    int rc = ans_store_read_frame(in->st, which, none, 0, f);
+    if (rc == ANS_OK) rc = ans_frame_index(*f, idx);
+    if (rc == ANS_OK && idx->kind != ANS_COLUMN_STRING && idx->kind != ANS_COLUMN_NULLABLE_STRING)
+        rc = ans_err(ANS_EUNSUPPORTED, "%s: %s index is not strings", in->path, which);
+    return rc;
+}
+
+static int build_var(cv *c)
+{
+    const ans_convert_options *o = c->o;
+    int rc = ANS_OK;
+    strmap first = {0};
+    uint32_t *count = NULL, *seen = NULL;
+    if (o->var == ANS_CONVERT_VAR_LIST) {
+        for (size_t i = 0; i < o->n_var_names; i++) {
+            if (!o->var_names || !o->var_names[i])
+                return ans_err(ANS_EINVAL, "ans_convert: var name %zu is NULL", i);
+            uint32_t k;
+            int added;
+            if ((rc = strmap_add(&c->var, o->var_names[i], strlen(o->var_names[i]), &k, &added)))
+                return rc;
+            if (!added)
+                return ans_err(ANS_EINVAL, "ans_convert: var name '%s' listed twice",
+                               o->var_names[i]);
+        }
+    } else if (o->var != ANS_CONVERT_VAR_UNION && o->var != ANS_CONVERT_VAR_INTERSECTION) {
+        return ans_err(ANS_EINVAL, "ans_convert: unknown var policy %d", (int)o->var);
+    }
+    for (size_t s = 0; s < c->n_in && rc == ANS_OK; s++) {
+        cv_input *in = &c->in[s];
+        ans_frame *f = NULL;
+        ans_column idx;
+        rc = read_index(in, "var", &f, &idx);
+        if (rc == ANS_OK && idx.length != in->n_vars)
+            rc = ans_err(ANS_ECORRUPT, "%s: var has %llu names for %llu columns", in->path,
+                         (unsigned long long)idx.length, (unsigned long long)in->n_vars);
+        if (rc == ANS_OK && !(in->vmap = ans_malloc((in->n_vars + 1) * sizeof *in->vmap)))
+            rc = ANS_ENOMEM;
+        if (rc == ANS_OK && o->var == ANS_CONVERT_VAR_INTERSECTION && s > 0 && !seen) {
+            seen = ans_calloc(first.n + 1, sizeof *seen);
+            count = ans_calloc(first.n + 1, sizeof *count);
+            if (!seen || !count) rc = ANS_ENOMEM;
+        }
+        strmap local = {0};
+        for (uint64_t j = 0; rc == ANS_OK && j < idx.length; j++) {
+            const char *nm = idx.str_data + idx.str_offsets[j];
+            size_t len = (size_t)(idx.str_offsets[j + 1] - idx.str_offsets[j]);
+            uint32_t k;
+            int added;
+            if ((rc = strmap_add(&local, nm, len, &k, &added))) break;
+            if (!added) {
+                rc =
+                    ans_err(ANS_EINVAL, "%s: var name '%.*s' occurs twice", in->path, (int)len, nm);
+                break;
+            }
+            if (o->var == ANS_CONVERT_VAR_UNION) {
+                rc = strmap_add(&c->var, nm, len, &in->vmap[j], NULL);
+            } else if (o->var == ANS_CONVERT_VAR_LIST) {
+                in->vmap[j] = strmap_find(&c->var, nm, len);
+            } else if (s == 0) {
+                rc = strmap_add(&first, nm, len, &in->vmap[j], NULL);
+            } else {
+                uint32_t e = strmap_find(&first, nm, len);
+                in->vmap[j] = e;
+                if (e != NONE32 && seen[e] != s) {
+                    seen[e] = (uint32_t)s;
+                    count[e]++;
+                }
+            }
+        }
+        strmap_free(&local);
+        ans_frame_free(f);
+        if (rc != ANS_OK) err_name(in->path);
+    }
+    if (rc == ANS_OK && o->var == ANS_CONVERT_VAR_INTERSECTION) {
+        /* keep the names of the first input present in all; remap every input */
+        uint32_t *to_out = ans_malloc((first.n + 1) * sizeof *to_out);
+        if (!to_out) rc = ANS_ENOMEM;
+        for (size_t e = 0; rc == ANS_OK && e < first.n; e++) {
+            to_out[e] = NONE32;
+            if (c->n_in == 1 || count[e] == c->n_in - 1) {
+                size_t len;
+                const char *nm = strmap_key(&first, e, &len);
+                rc = strmap_add(&c->var, nm, len, &to_out[e], NULL);
+            }
+        }
+        for (size_t s = 0; rc == ANS_OK && s < c->n_in; s++)
+            for (uint64_t j = 0; j < c->in[s].n_vars; j++)
+                if (c->in[s].vmap[j] != NONE32) c->in[s].vmap[j] = to_out[c->in[s].vmap[j]];
+        free(to_out);
+    }
+    strmap_free(&first);
+    free(seen);
+    free(count);
+    return rc;
+}
+
+/* ---- prepare: obs schema ----------------------------------------------------------------------
+ */
+
+static oc_kind kind_of(const ans_column *col, int *ok)
+{
+    *ok = 1;
+    switch (col->kind) {
+    case ANS_COLUMN_NUMERIC:
+        *ok = is_plain_numeric(col->dtype);
+        return OC_NUM;
+    case ANS_COLUMN_STRING:
+        return OC_STR;
+    case ANS_COLUMN_CATEGORICAL:
+        return OC_CAT;
+    case ANS_COLUMN_NULLABLE_INT:
+        return OC_NINT;
+    case ANS_COLUMN_NULLABLE_BOOL:
+        return OC_NBOOL;
+    default:
+        *ok = 0;
+        return OC_STR;
+    }
+}
+
+/* Category k of a categorical column as text into buf (numeric categories as decimal text). */
+static const char *cat_text(const ans_column *col, uint64_t k, char *buf, size_t cap, size_t *len)
+{
+    if (col->cat_dtype == ANS_DTYPE_STRING) {
+        *len = (size_t)(col->cat_offsets[k + 1] - col->cat_offsets[k]);
+        return col->cat_data + col->cat_offsets[k];
+    }
+    int n;
+    if (col->cat_dtype == ANS_DTYPE_FLOAT32 || col->cat_dtype == ANS_DTYPE_FLOAT64)
+        n = snprintf(buf, cap, "%.17g", rd_f64(col->cat_dtype, col->cat_values, k));
+    else if (col->cat_dtype == ANS_DTYPE_UINT64)
+        n = snprintf(buf, cap, "%llu", (unsigned long long)((const uint64_t *)col->cat_values)[k]);
+    else
+        n = snprintf(buf, cap, "%lld", (long long)rd_i64(col->cat_dtype, col->cat_values, k));
+    *len = n < 0 ? 0 : (size_t)n;
+    return buf;
+}
+
+static int add_col(cv *c, const char *name, int is_src)
+{
+    cv_col *nc = ans_realloc(c->cols, (c->n_cols + 1) * sizeof *nc);
+    if (!nc) return ANS_ENOMEM;
+    c->cols = nc;
+    cv_col *col = &c->cols[c->n_cols];
+    memset(col, 0, sizeof *col);
+    col->is_src = is_src;
+    col->name = ans_strdup(name);
+    col->cmap = ans_calloc(c->n_in, sizeof *col->cmap);
+    col->ncmap = ans_calloc(c->n_in, sizeof *col->ncmap);
+    c->n_cols++;
+    if (!col->name || !col->cmap || !col->ncmap) return ANS_ENOMEM;
+    return ANS_OK;
+}
+
+/* Unify column `col` (not src) across inputs; *keep = 0 when it cannot be (obs = all). */
+static int unify_col(cv *c, cv_col *col, int explicit_, int *keep)
+{
+    *keep = 1;
+    int rc = ANS_OK;
+    for (size_t s = 0; s < c->n_in && rc == ANS_OK && *keep; s++) {
+        const char *one[1] = {col->name};
+        ans_frame *f = NULL;
+        rc = ans_store_read_frame(c->in[s].st, "obs", one, 1, &f);
+        if (rc == ANS_ENOTFOUND && !explicit_) {
+            ans_error_clear();
+            *keep = 0;
+            rc = ANS_OK;
+            break;
+        }
+        if (rc != ANS_OK) break;
+        ans_column a;
+        rc = ans_frame_column(f, 0, &a);
+        int ok = 0;
+        oc_kind k = OC_STR;
+        if (rc == ANS_OK) k = kind_of(&a, &ok);
+        if (rc == ANS_OK && (!ok || (s > 0 && k != col->kind))) {
+            if (explicit_)
+                rc = ans_err(ANS_EUNSUPPORTED,
+                             "%s: obs column '%s' cannot be carried (its kind is unsupported or "
+                             "differs from the first input's)",
+                             c->in[s].path, col->name);
+            *keep = 0;
+        }
+        if (rc == ANS_OK && *keep) {
+            if (s == 0) {
+                col->kind = k;
+                col->dtype = a.dtype;
+                col->ordered = a.ordered;
+            } else if ((k == OC_NUM || k == OC_NINT) && a.dtype != col->dtype) {
+                col->dtype = k == OC_NUM ? ANS_DTYPE_FLOAT64 : ANS_DTYPE_INT64;
+            }
+            if (k == OC_CAT) {
+                col->ncmap[s] = a.n_categories;
+                col->cmap[s] = ans_malloc((a.n_categories + 1) * sizeof **col->cmap);
+                if (!col->cmap[s]) rc = ANS_ENOMEM;
+                for (uint64_t q = 0; rc == ANS_OK && q < a.n_categories; q++) {
+                    char buf[64];
+                    size_t len;
+                    const char *t = cat_text(&a, q, buf, sizeof buf, &len);
+                    rc = strmap_add(&col->cats, t, len, &col->cmap[s][q], NULL);
+                }
+            }
+        }
+        ans_frame_free(f);
+    }
+    return rc;
+}
+
+static int build_obs(cv *c)
+{
+    const ans_convert_options *o = c->o;
+    int rc = ANS_OK;
+    if (o->obs_columns) {
+        for (size_t i = 0; i < o->n_obs_columns && rc == ANS_OK; i++) {
+            if (!o->obs_columns[i])
+                return ans_err(ANS_EINVAL, "ans_convert: obs column %zu is NULL", i);
+            if (strcmp(o->obs_columns[i], "src_path") == 0) continue;
+            for (size_t j = 0; j < c->n_cols; j++)
+                if (strcmp(c->cols[j].name, o->obs_columns[i]) == 0)
+                    return ans_err(ANS_EINVAL, "ans_convert: obs column '%s' listed twice",
+                                   o->obs_columns[i]);
+            int keep;
+            if ((rc = add_col(c, o->obs_columns[i], 0))) return rc;
+            rc = unify_col(c, &c->cols[c->n_cols - 1], 1, &keep);
+        }
+    } else {
+        ans_frame *f = NULL;
+        rc = ans_store_read_frame(c->in[0].st, "obs", NULL, 0, &f);
+        if (rc == ANS_ENOTFOUND) {
+            ans_error_clear();
+            rc = ANS_OK;
+        }
+        for (size_t i = 0; f && rc == ANS_OK && i < ans_frame_n_columns(f); i++) {
+            ans_column a;
+            if ((rc = ans_frame_column(f, i, &a))) break;
+            if (strcmp(a.name, "src_path") == 0) continue;
+            int keep;
+            if ((rc = add_col(c, a.name, 0))) break;
+            rc = unify_col(c, &c->cols[c->n_cols - 1], 0, &keep);
+            if (rc == ANS_OK && !keep) {
+                cv_col *col = &c->cols[--c->n_cols];
+                free(col->name);
+                for (size_t s = 0; s < c->n_in; s++)
+                    free(col->cmap[s]);
+                free(col->cmap);
+                free(col->ncmap);
+                strmap_free(&col->cats);
+            }
+        }
+        ans_frame_free(f);
+    }
+    if (rc != ANS_OK) return rc;
+    /* src_path: an input's own src_path categorical (an appended collection's dataset), else its
+     * path */
+    if ((rc = add_col(c, "src_path", 1))) return rc;
+    cv_col *src = &c->cols[c->n_cols - 1];
+    src->kind = OC_CAT;
+    for (size_t s = 0; s < c->n_in && rc == ANS_OK; s++) {
+        static const char *const one[1] = {"src_path"};
+        ans_frame *f = NULL;
+        int has = 0;
+        if (ans_store_read_frame(c->in[s].st, "obs", one, 1, &f) == ANS_OK) {
+            ans_column a;
+            if (ans_frame_column(f, 0, &a) == ANS_OK && a.kind == ANS_COLUMN_CATEGORICAL) {
+                has = 1;
+                src->ncmap[s] = a.n_categories;
+                src->cmap[s] = ans_malloc((a.n_categories + 1) * sizeof **src->cmap);
+                if (!src->cmap[s]) rc = ANS_ENOMEM;
+                for (uint64_t q = 0; rc == ANS_OK && q < a.n_categories; q++) {
+                    char buf[64];
+                    size_t len;
+                    const char *t = cat_text(&a, q, buf, sizeof buf, &len);
+                    rc = strmap_add(&src->cats, t, len, &src->cmap[s][q], NULL);
+                }
+            }
+        }
+        ans_error_clear();
+        ans_frame_free(f);
+        if (!has && rc == ANS_OK) {
+            src->ncmap[s] = UINT64_MAX; /* marker: the input's path */
+            src->cmap[s] = ans_malloc(sizeof **src->cmap);
+            if (!src->cmap[s]) rc = ANS_ENOMEM;
+            if (rc == ANS_OK)
+                rc = strmap_add(&src->cats, c->in[s].path, strlen(c->in[s].path), src->cmap[s],
+                                NULL);
+        }
+    }
+    return rc;
+}
+
+/* ---- prepare: elements ------------------------------------------------------------------------
+ */
+
+static int add_elem(cv *c, const char *key, int var_aligned)
+{
+    cv_elem *ne = ans_realloc(c->el, (c->n_el + 1) * sizeof *ne);
+    if (!ne) return ANS_ENOMEM;
+    c->el = ne;
+    cv_elem *e = &c->el[c->n_el++];
+    memset(e, 0, sizeof *e);
+    if ((size_t)snprintf(e->key, sizeof e->key, "%s", key) >= sizeof e->key)
+        return ans_err(ANS_EINVAL, "ans_convert: element name '%s' is too long", key);
+    e->var_aligned = var_aligned;
+    e->out_dense = 1;
+    int rc = ANS_OK;
+    for (size_t s = 0; s < c->n_in && rc == ANS_OK; s++) {
+        ans_element *h = NULL;
+        if ((rc = ans_store_element(&h, c->in[s].st, key))) {
+            err_name(c->in[s].path);
+            break;
+        }
+        ans_dtype dt = ans_element_dtype(h);
+        int nd = ans_element_ndim(h);
+        const uint64_t *sh = ans_element_shape(h);
+        if (!is_plain_numeric(dt)) {
+            rc =
+                ans_err(ANS_EUNSUPPORTED, "%s: element '%s': values of type %s cannot be converted",
+                        c->in[s].path, key, ans_dtype_name(dt));
+        } else if (var_aligned) {
+            if (nd != 2 || sh[1] != c->in[s].n_vars)
+                rc = ans_err(ANS_ECORRUPT, "%s: element '%s' is not n_obs x n_vars", c->in[s].path,
+                             key);
+            if (ans_element_format(h) != ANS_FORMAT_DENSE) e->out_dense = 0;
+            if (s == 0)
+                e->dtype = dt;
+            else if (dt != e->dtype)
+                e->dtype = ANS_DTYPE_FLOAT64;
+        } else {
+            if (ans_element_format(h) != ANS_FORMAT_DENSE)
+                rc = ans_err(ANS_EUNSUPPORTED, "%s: element '%s': sparse obsm is not supported",
+                             c->in[s].path, key);
+            else if (s == 0) {
+                e->dtype = dt;
+                e->ndim = nd;
+                e->row_bytes = ans_dtype_size(dt);
+                for (int q = 1; q < nd; q++) {
+                    e->tail[q] = sh[q];
+                    e->row_bytes *= (size_t)sh[q];
+                }
+            } else {
+                int same = nd == e->ndim && dt == e->dtype;
+                for (int q = 1; same && q < nd; q++)
+                    same = sh[q] == e->tail[q];
+                if (!same)
+                    rc = ans_err(ANS_EINVAL,
+                                 "%s: element '%s': type or shape differs from the first input's",
+                                 c->in[s].path, key);
+            }
+        }
+        ans_element_free(h);
+    }
+    if (rc == ANS_OK && var_aligned && !(e->ds_nnz = ans_calloc(c->n_ds + 1, 8))) rc = ANS_ENOMEM;
+    return rc;
+}
+
+/* Estimated record bytes per row (sampling the first rows of each input's sparse elements). */
+static int estimate_row_bytes(cv *c, double *out)
+{
+    double total = 0;
+    for (size_t s = 0; s < c->n_in; s++) {
+        double per = 16 + 8.0 * (double)c->n_cols + 24;
+        uint64_t n = c->in[s].n_obs < 256 ? c->in[s].n_obs : 256;
+        for (size_t k = 0; k < c->n_el; k++) {
+            cv_elem *e = &c->el[k];
+            if (!e->var_aligned) {
+                per += (double)e->row_bytes;
+                continue;
+            }
+            ans_element *h = NULL;
+            int rc = ans_store_element(&h, c->in[s].st, e->key);
+            if (rc != ANS_OK) return rc;
+            size_t vs = ans_dtype_size(e->dtype);
+            if (ans_element_format(h) == ANS_FORMAT_DENSE || !n) {
+                per += (double)(vs + 4) * (double)c->in[s].n_vars * 0.5 + 4;
+            } else {
+                ans_rows *r = NULL;
+                rc = ans_element_read_range(h, 0, n, &r);
+                if (rc == ANS_OK) per += (double)ans_rows_nnz(r) / (double)n * (double)(vs + 4) + 4;
+                ans_rows_free(r);
+            }
+            ans_element_free(h);
+            if (rc != ANS_OK) return rc;
+        }
+        total += per * (double)c->in[s].n_obs;
+    }
+    *out = c->n_total ? total / (double)c->n_total : 64;
+    if (*out < 1) *out = 1;
+    return ANS_OK;
+}
+
+/* ---- permutation ------------------------------------------------------------------------------
+ */
+
+static uint64_t pos_of(const cv *c, uint64_t g)
+{
+    if (!c->o->shuffle) return g;
+    if (c->table) return c->table[g];
+    return ans_perm_apply(&c->perm, g);
+}
+
+static int build_perm(cv *c)
+{
+    if (!c->o->shuffle || !c->n_total) return ANS_OK;
+    if (c->n_total <= c->budget / 16 / 8) {
+        if (!(c->table = ans_malloc(c->n_total * 8))) return ANS_ENOMEM;
+        for (uint64_t i = 0; i < c->n_total; i++)
+            c->table[i] = i;
+        uint64_t st = ans_mix64(c->o->seed ^ 0x636f6e76ULL);
+        for (uint64_t i = c->n_total - 1; i > 0; i--) {
+            /* unbiased draw in [0, i] */
+            uint64_t bound = i + 1, lim = UINT64_MAX - UINT64_MAX % bound, r;
+            do {
+                st += 0x9e3779b97f4a7c15ULL;
+                r = ans_mix64(st);
+            } while (r >= lim);
+            uint64_t j = r % bound, t = c->table[i];
+            c->table[i] = c->table[j];
+            c->table[j] = t;
+        }
+    } else {
+        ans_perm_init(&c->perm, c->n_total, ans_mix64(c->o->seed ^ 0x636f6e76ULL));
+    }
+    return ANS_OK;
+}
+
+/* ---- pass 1: scatter --------------------------------------------------------------------------
+ */
+
+typedef struct scatter {
+    ans_buf *bufs; /* per dataset */
+    size_t cap;    /* flush threshold per dataset */
+} scatter;
+
+static int flush_ds(cv *c, scatter *sc, uint64_t d)
+{
+    ans_buf *b = &sc->bufs[d];
+    if (!b->len) return ANS_OK;
+    char path[4096];
+    snprintf(path, sizeof path, "%s/d%llu", c->runs, (unsigned long long)d);
+    FILE *f = fopen(path, "ab");
+    if (!f) return ans_err(ANS_EIO, "%s: cannot open '%s': %s", c->output, path, strerror(errno));
+    size_t w = fwrite(b->data, 1, b->len, f);
+    int bad = w != b->len || fclose(f) != 0;
+    if (bad)
+        return ans_err(ANS_EIO, "%s: writing '%s' failed: %s", c->output, path, strerror(errno));
+    b->len = 0;
+    if (b->cap > sc->cap * 2) { /* keep the buffers bounded after a large record */
+        ans_buf_free(b);
+    }
+    return ANS_OK;
+}
+
+#define PUT(buf, ptr, n)                                                                           \
+    do {                                                                                           \
+        if ((rc = ans_buf_append((buf), (ptr), (n))) != ANS_OK) goto out;                          \
+    } while (0)
+
+typedef struct pairsort {
+    uint32_t idx;
+    uint32_t k;
+} pairsort;
+
+static int cmp_pair(const void *a, const void *b)
+{
+    const pairsort *x = a, *y = b;
+    return x->idx < y->idx ? -1 : x->idx > y->idx;
+}
+
+static int scatter_input(cv *c, size_t s, scatter *sc, uint64_t block)
+{
+    cv_input *in = &c->in[s];
+    int rc = ANS_OK;
+    /* the inputs were opened with one thread each (prepare); the input being read gets a store
+     * with the full decode pool, closed when done, so threads do not add up over the inputs */
+    ans_store *full = NULL;
+    ans_store_options so = ANS_STORE_OPTIONS_INIT;
+    so.threads = c->o->threads;
+    if ((rc = ans_store_open(&full, in->path, &so))) return rc;
+    ans_store *prep = in->st;
+    in->st = full;
+    ans_frame *obs = NULL;
+    ans_column *oc = NULL, idx;
+    ans_element **eh = ans_calloc(c->n_el + 1, sizeof *eh);
+    ans_rows **rows = ans_calloc(c->n_el + 1, sizeof *rows);
+    const char **names = ans_calloc(c->n_cols + 1, sizeof *names);
+    oc = ans_calloc(c->n_cols + 1, sizeof *oc);
+    pairsort *ps = NULL;
+    size_t ps_cap = 0;
+    ans_buf rec = {0};
+    if (!eh || !rows || !names || !oc) {
+        rc = ANS_ENOMEM;
+        goto out;
+    }
+    size_t nn = 0;
+    for (size_t k = 0; k < c->n_cols; k++)
+        if (!c->cols[k].is_src || c->cols[k].ncmap[s] != UINT64_MAX) names[nn++] = c->cols[k].name;
+    if ((rc = ans_store_read_frame(in->st, "obs", names, nn, &obs))) goto out;
+    if ((rc = ans_frame_index(obs, &idx))) goto out;
+    for (size_t k = 0, q = 0; k < c->n_cols; k++) {
+        if (c->cols[k].is_src && c->cols[k].ncmap[s] == UINT64_MAX) continue;
+        if ((rc = ans_frame_column(obs, q++, &oc[k]))) goto out;
+    }
+    for (size_t k = 0; k < c->n_el; k++)
+        if ((rc = ans_store_element(&eh[k], in->st, c->el[k].key))) goto out;
+    char sfx[32];
+    int sfx_len = snprintf(sfx, sizeof sfx, "-%zu", s);
+
+    for (uint64_t r0 = 0; r0 < in->n_obs; r0 += block) {
+        uint64_t r1 = in->n_obs - r0 < block ? in->n_obs : r0 + block;
+        for (size_t k = 0; k < c->n_el; k++) {
+            ans_rows_free(rows[k]);
+            rows[k] = NULL;
+            if ((rc = ans_element_read_range(eh[k], r0, r1, &rows[k]))) goto out;
+        }
+        for (uint64_t r = r0; r < r1; r++) {
+            uint64_t g = in->offset + r, pos = pos_of(c, g), d = pos / c->S;
+            rec.len = 0;
+            uint64_t hdr[2] = {pos, 0};
+            PUT(&rec, hdr, sizeof hdr);
+            /* obs index */
+            {
+                const char *nm = idx.str_data + idx.str_offsets[r];
+                uint32_t len = (uint32_t)(idx.str_offsets[r + 1] - idx.str_offsets[r]);
+                int suffix = in->suffix_all;
+                if (!c->names_fallback) {
+                    int present = 0;
+                    if ((rc = hset_insert(&c->names, fnv64(nm, len), &present))) goto out;
+                    /* a name seen in an earlier input gets the suffix (the hash of each input's
+                     * names is inserted before the next input starts: see below) */
+                    suffix = present && s > 0;
+                }
+                uint32_t tl = len + (suffix ? (uint32_t)sfx_len : 0);
+                PUT(&rec, &tl, 4);
+                PUT(&rec, nm, len);
+                if (suffix) PUT(&rec, sfx, (size_t)sfx_len);
+            }
+            for (size_t k = 0; k < c->n_cols; k++) {
+                cv_col *col = &c->cols[k];
+                const ans_column *a = &oc[k];
+                if (col->kind == OC_CAT) {
+                    int32_t code = -1;
+                    if (col->is_src && col->ncmap[s] == UINT64_MAX) {
+                        code = (int32_t)col->cmap[s][0];
+                    } else {
+                        int64_t ic = rd_i64(a->dtype, a->values, r);
+                        if (ic >= 0 && (uint64_t)ic < col->ncmap[s])
+                            code = (int32_t)col->cmap[s][ic];
+                    }
+                    PUT(&rec, &code, 4);
+                } else if (col->kind == OC_STR) {
+                    uint32_t len = (uint32_t)(a->str_offsets[r + 1] - a->str_offsets[r]);
+                    PUT(&rec, &len, 4);
+                    PUT(&rec, a->str_data + a->str_offsets[r], len);
+                } else {
+                    uint8_t v[8];
+                    cast_one(v, col->dtype, a->values, a->dtype, r);
+                    PUT(&rec, v, ans_dtype_size(col->dtype));
+                    if (col->kind != OC_NUM) {
+                        uint8_t m = a->mask ? a->mask[r] : 0;
+                        PUT(&rec, &m, 1);
+                    }
+                }
+            }
+            for (size_t k = 0; k < c->n_el; k++) {
+                cv_elem *e = &c->el[k];
+                ans_rows *rw = rows[k];
+                ans_dtype it = ans_rows_dtype(rw);
+                size_t isz = ans_dtype_size(it), osz = ans_dtype_size(e->dtype);
+                uint64_t lr = r - r0;
+                if (!e->var_aligned) {
+                    PUT(&rec, (const uint8_t *)ans_rows_data(rw) + lr * e->row_bytes, e->row_bytes);
+                    continue;
+                }
+                /* the row's (input column, position in the row's values) pairs that are kept */
+                uint64_t a0, a1;
+                const void *vals = ans_rows_data(rw);
+                int dense = ans_rows_format(rw) == ANS_FORMAT_DENSE;
+                if (dense) {
+                    a0 = lr * in->n_vars;
+                    a1 = a0 + in->n_vars;
+                } else if (ans_rows_index_dtype(rw) == ANS_DTYPE_INT32) {
+                    a0 = (uint64_t)((const int32_t *)ans_rows_indptr(rw))[lr];
+                    a1 = (uint64_t)((const int32_t *)ans_rows_indptr(rw))[lr + 1];
+                } else {
+                    a0 = (uint64_t)((const int64_t *)ans_rows_indptr(rw))[lr];
+                    a1 = (uint64_t)((const int64_t *)ans_rows_indptr(rw))[lr + 1];
+                }
+                if (a1 - a0 > ps_cap) {
+                    size_t ncap = (size_t)(a1 - a0) + 16;
+                    pairsort *np = ans_realloc(ps, ncap * sizeof *np);
+                    if (!np) {
+                        rc = ANS_ENOMEM;
+                        goto out;
+                    }
+                    ps = np;
+                    ps_cap = ncap;
+                }
+                uint32_t nk = 0;
+                int sorted = 1;
+                for (uint64_t q = a0; q < a1; q++) {
+                    uint64_t col;
+                    if (dense) {
+                        col = q - a0;
+                        const uint8_t *vp = (const uint8_t *)vals + q * isz;
+                        int zero = 1;
+                        for (size_t b = 0; b < isz; b++)
+                            zero &= vp[b] == 0;
+                        if (zero) continue;
+                    } else if (ans_rows_index_dtype(rw) == ANS_DTYPE_INT32) {
+                        col = (uint64_t)((const int32_t *)ans_rows_indices(rw))[q];
+                    } else {
+                        col = (uint64_t)((const int64_t *)ans_rows_indices(rw))[q];
+                    }
+                    uint32_t oc2 = col < in->n_vars ? in->vmap[col] : NONE32;
+                    if (oc2 == NONE32) continue;
+                    if (nk && ps[nk - 1].idx >= oc2) sorted = 0;
+                    ps[nk].idx = oc2;
+                    ps[nk++].k = (uint32_t)(q - a0);
+                }
+                if (!sorted) qsort(ps, nk, sizeof *ps, cmp_pair);
+                PUT(&rec, &nk, 4);
+                for (uint32_t q = 0; q < nk; q++)
+                    PUT(&rec, &ps[q].idx, 4);
+                size_t at = rec.len;
+                if ((rc = ans_buf_resize(&rec, at + (size_t)nk * osz))) goto out;
+                for (uint32_t q = 0; q < nk; q++)
+                    cast_one(rec.data + at + (size_t)q * osz, e->dtype, vals, it, a0 + ps[q].k);
+                e->ds_nnz[d] += nk;
+            }
+            uint64_t len = rec.len;
+            memcpy(rec.data + 8, &len, 8);
+            if ((rc = ans_buf_append(&sc->bufs[d], rec.data, rec.len))) goto out;
+            if (sc->bufs[d].len >= sc->cap && (rc = flush_ds(c, sc, d))) goto out;
+        }
+        c->done1 += r1 - r0;
+        if ((rc = cv_progress(c))) goto out;
+    }
+out:
+    if (rc != ANS_OK && rc != ANS_ECANCELLED) err_name(in->path);
+    for (size_t k = 0; eh && k < c->n_el; k++) {
+        ans_rows_free(rows[k]);
+        ans_element_free(eh[k]);
+    }
+    free(eh);
+    free(rows);
+    free(names);
+    free(oc);
+    free(ps);
+    ans_buf_free(&rec);
+    ans_frame_free(obs);
+    in->st = prep;
+    ans_store_free(full);
+    return rc;
+}
+
+/* ---- pass 2: write ----------------------------------------------------------------------------
+ */
+
+static int open_dataset(cv *c, ans_zw *w, uint64_t d, uint64_t n)
+{
+    char p[512];
+    int rc;
+#define P(x) (snprintf(p, sizeof p, "dataset_%llu/%s", (unsigned long long)d, (x)), p)
+    snprintf(p, sizeof p, "dataset_%llu", (unsigned long long)d);
+    if ((rc = ans_adw_anndata(w, p))) return rc;
+    uint64_t nv = c->var.n;
+    for (size_t k = 0; k < c->n_el; k++) {
+        cv_elem *e = &c->el[k];
+        e->indptr.len = e->ind.len = e->data.len = 0;
+        if (strncmp(e->key, "layers/", 7) != 0 && strncmp(e->key, "obsm/", 5) != 0 &&
+            strcmp(e->key, "X") != 0)
+            return ans_err(ANS_EINVAL, "ans_convert: element '%s' cannot be written", e->key);
+        if (e->var_aligned && !e->out_dense) {
+            rc = ans_adw_csr_begin(w, P(e->key), n, nv, e->ds_nnz[d], e->dtype, &c->aopts, &e->csr);
+        } else if (e->var_aligned) {
+            uint64_t shape[2] = {n, nv};
+            rc = ans_adw_dense_begin(w, P(e->key), e->dtype, 2, shape, &c->aopts, &e->zwa);
+        } else {
+            uint64_t shape[ANS_ZW_MAX_NDIM];
+            shape[0] = n;
+            for (int q = 1; q < e->ndim; q++)
+                shape[q] = e->tail[q];
+            rc = ans_adw_dense_begin(w, P(e->key), e->dtype, e->ndim, shape, &c->aopts, &e->zwa);
+        }
+        if (rc) return rc;
+    }
+    return ANS_OK;
+#undef P
+    return rc;
+}
+
+typedef struct slice_ctx {
+    ans_zwa *index;      /* obs/_index, streamed */
+    ans_buf ioff, idata; /* obs names of the slice: offsets (u64) and bytes */
+} slice_ctx;
+
+/* Start the obs frame of dataset d: the group, the streamed index and NUM / STR columns. */
+static int begin_obs(cv *c, ans_zw *w, uint64_t d, uint64_t n, slice_ctx *x)
+{
+    char p[600];
+    const char **names = ans_calloc(c->n_cols + 1, sizeof *names);
+    if (!names) return ANS_ENOMEM;
+    for (size_t k = 0; k < c->n_cols; k++)
+        names[k] = c->cols[k].name;
+    snprintf(p, sizeof p, "dataset_%llu/obs", (unsigned long long)d);
+    int rc = ans_adw_frame(w, p, NULL, names, c->n_cols);
+    free(names);
+    snprintf(p, sizeof p, "dataset_%llu/obs/_index", (unsigned long long)d);
+    if (rc == ANS_OK) rc = ans_adw_column_begin(w, p, ANS_DTYPE_STRING, n, &c->aopts, &x->index);
+    for (size_t k = 0; k < c->n_cols && rc == ANS_OK; k++) {
+        cv_col *col = &c->cols[k];
+        snprintf(p, sizeof p, "dataset_%llu/obs/%s", (unsigned long long)d, col->name);
+        if (col->kind == OC_NUM)
+            rc = ans_adw_column_begin(w, p, col->dtype, n, &c->aopts, &col->zwa);
+        else if (col->kind == OC_STR)
+            rc = ans_adw_column_begin(w, p, ANS_DTYPE_STRING, n, &c->aopts, &col->zwa);
+    }
+    return rc;
+}
+
+static int close_zwa(ans_zwa **a, int rc)
+{
+    if (*a) {
+        int r2 = rc == ANS_OK ? ans_zwa_close(*a) : (ans_zwa_abort(*a), ANS_OK);
+        if (rc == ANS_OK) rc = r2;
+        *a = NULL;
+    }
+    return rc;
+}
+
+/* Finish obs (close the streamed arrays, write the categorical and nullable columns) and write
+ * var. Called after the matrices are closed, and each column is finished in turn, so that the
+ * consolidated metadata (nodes in the order they are finished) lists the children of each group
+ * contiguously per depth, which zarr-python's reader of consolidated metadata requires. Always
+ * closes or aborts every streamed array. */
+static int finish_frames(cv *c, ans_zw *w, uint64_t d, uint64_t n, slice_ctx *x, int rc)
+{
+    char p[600];
+    rc = close_zwa(&x->index, rc);
+    for (size_t k = 0; k < c->n_cols; k++) {
+        cv_col *col = &c->cols[k];
+        rc = close_zwa(&col->zwa, rc);
+        if (rc != ANS_OK || col->kind == OC_NUM || col->kind == OC_STR) continue;
+        snprintf(p, sizeof p, "dataset_%llu/obs/%s", (unsigned long long)d, col->name);
+        if (col->kind == OC_CAT) {
+            uint64_t *off = NULL;
+            char *data = NULL;
+            if ((rc = strmap_strings(&col->cats, &off, &data))) continue;
+            rc = ans_adw_categorical(w, p, n, col->vals.data, ANS_DTYPE_INT32, col->cats.n, off,
+                                     data, col->ordered, &c->aopts);
+            free(off);
+            free(data);
+        } else {
+            rc = ans_adw_nullable(w, p, col->dtype, n, col->vals.data, col->mask.data, &c->aopts);
+        }
+    }
+    snprintf(p, sizeof p, "dataset_%llu/var", (unsigned long long)d);
+    if (rc == ANS_OK) rc = ans_adw_frame(w, p, NULL, NULL, 0);
+    if (rc == ANS_OK) {
+        uint64_t *off = NULL;
+        char *data = NULL;
+        if ((rc = strmap_strings(&c->var, &off, &data))) return rc;
+        snprintf(p, sizeof p, "dataset_%llu/var/_index", (unsigned long long)d);
+        rc = ans_adw_strings(w, p, c->var.n, off, data, &c->aopts);
+        free(off);
+        free(data);
+    }
+    return rc;
+}
+
+/* Append the records (in order) to the open writers. */
+static int emit(cv *c, slice_ctx *x, uint8_t *const *recs, uint64_t n)
+{
+    int rc = ANS_OK;
+    uint64_t zero = 0;
+    x->ioff.len = x->idata.len = 0;
+    PUT(&x->ioff, &zero, 8);
+    for (size_t k = 0; k < c->n_cols; k++) {
+        cv_col *col = &c->cols[k];
+        if (col->kind == OC_NUM) col->vals.len = 0;
+        if (col->kind == OC_STR) {
+            col->vals.len = col->sdata.len = 0;
+            PUT(&col->vals, &zero, 8);
+        }
+    }
+    for (size_t k = 0; k < c->n_el; k++) {
+        cv_elem *e = &c->el[k];
+        e->indptr.len = e->ind.len = e->data.len = 0;
+        PUT(&e->indptr, &zero, 8);
+    }
+    uint64_t nv = c->var.n;
+    for (uint64_t i = 0; i < n; i++) {
+        const uint8_t *p = recs[i] + 16;
+        uint32_t len;
+        memcpy(&len, p, 4);
+        PUT(&x->idata, p + 4, len);
+        uint64_t end = x->idata.len;
+        PUT(&x->ioff, &end, 8);
+        p += 4 + len;
+        for (size_t k = 0; k < c->n_cols; k++) {
+            cv_col *col = &c->cols[k];
+            if (col->kind == OC_CAT) {
+                int32_t code;
+                memcpy(&code, p, 4);
+                p += 4;
+                PUT(&col->vals, &code, 4);
+            } else if (col->kind == OC_STR) {
+                memcpy(&len, p, 4);
+                PUT(&col->sdata, p + 4, len);
+                p += 4 + len;
+                uint64_t e2 = col->sdata.len;
+                PUT(&col->vals, &e2, 8);
+            } else {
+                size_t sz = ans_dtype_size(col->dtype);
+                PUT(&col->vals, p, sz);
+                p += sz;
+                if (col->kind != OC_NUM) {
+                    PUT(&col->mask, p, 1);
+                    p++;
+                }
+            }
+        }
+        for (size_t k = 0; k < c->n_el; k++) {
+            cv_elem *e = &c->el[k];
+            size_t osz = ans_dtype_size(e->dtype);
+            if (!e->var_aligned) {
+                PUT(&e->data, p, e->row_bytes);
+                p += e->row_bytes;
+                continue;
+            }
+            uint32_t nk;
+            memcpy(&nk, p, 4);
+            const uint8_t *ip = p + 4, *vp = ip + (size_t)nk * 4;
+            p = vp + (size_t)nk * osz;
+            if (e->out_dense) {
+                size_t at = e->data.len;
+                if ((rc = ans_buf_resize(&e->data, at + (size_t)nv * osz))) goto out;
+                memset(e->data.data + at, 0, (size_t)nv * osz);
+                for (uint32_t q = 0; q < nk; q++) {
+                    uint32_t j;
+                    memcpy(&j, ip + (size_t)q * 4, 4);
+                    memcpy(e->data.data + at + (size_t)j * osz, vp + (size_t)q * osz, osz);
+                }
+            } else {
+                PUT(&e->ind, ip, (size_t)nk * 4);
+                PUT(&e->data, vp, (size_t)nk * osz);
+                int64_t last;
+                memcpy(&last, e->indptr.data + e->indptr.len - 8, 8);
+                last += nk;
+                PUT(&e->indptr, &last, 8);
+            }
+        }
+    }
+    if (n == 0) goto out;
+    if ((rc = ans_zwa_append_strings(x->index, (const uint64_t *)x->ioff.data,
+                                     (const char *)x->idata.data, n)))
+        goto out;
+    for (size_t k = 0; k < c->n_cols; k++) {
+        cv_col *col = &c->cols[k];
+        if (col->kind == OC_NUM)
+            rc = ans_zwa_append(col->zwa, col->vals.data, n);
+        else if (col->kind == OC_STR)
+            rc = ans_zwa_append_strings(col->zwa, (const uint64_t *)col->vals.data,
+                                        (const char *)col->sdata.data, n);
+        if (rc) goto out;
+    }
+    for (size_t k = 0; k < c->n_el; k++) {
+        cv_elem *e = &c->el[k];
+        if (e->csr)
+            rc = ans_adw_csr_append(e->csr, n, (const int64_t *)e->indptr.data, e->ind.data,
+                                    ANS_DTYPE_UINT32, e->data.data);
+        else
+            rc = ans_zwa_append(e->zwa, e->data.data, n);
+        if (rc) goto out;
+    }
+    c->done2 += n;
+    rc = cv_progress(c);
+out:
+    return rc;
+}
+
+static int read_whole(const char *path, ans_buf *b)
+{
+    b->len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        if (errno == ENOENT) return ANS_OK;
+        return ans_err(ANS_EIO, "cannot open '%s': %s", path, strerror(errno));
+    }
+    struct stat stt;
+    int rc = ANS_OK;
+    if (fstat(fileno(f), &stt) != 0)
+        rc = ans_err(ANS_EIO, "cannot stat '%s': %s", path, strerror(errno));
+    if (rc == ANS_OK) rc = ans_buf_resize(b, (size_t)stt.st_size);
+    if (rc == ANS_OK && fread(b->data, 1, b->len, f) != b->len)
+        rc = ans_err(ANS_EIO, "reading '%s' failed", path);
+    fclose(f);
+    return rc;
+}
+
+static uint64_t file_size(const char *path)
+{
+    struct stat stt;
+    return stat(path, &stt) == 0 ? (uint64_t)stt.st_size : 0;
+}
+
+/* Process the run file `path` holding exactly the positions [lo, hi): load it when it fits
+ * c->budget / 4, else split it by position into parts (streaming) and recurse. */
+static int process_run(cv *c, slice_ctx *x, const char *path, uint64_t lo, uint64_t hi, ans_buf *b,
+                       int depth)
+{
+    int rc = ANS_OK;
+    uint64_t cap = c->budget / 4, sz = file_size(path);
+    if (hi - lo > 1 && sz > cap && depth < 32) {
+        uint64_t parts = sz / cap + 1;
+        if (parts < 2) parts = 2;
+        if (parts > 64) parts = 64;
+        if (parts > hi - lo) parts = hi - lo;
+        size_t plen = strlen(path) + 32;
+        FILE *in = fopen(path, "rb");
+        if (!in) return ans_err(ANS_EIO, "cannot open '%s': %s", path, strerror(errno));
+        char *sub = ans_malloc(plen);
+        FILE **outs = ans_calloc(parts, sizeof *outs);
+        ans_buf r = {0};
+        if (!sub || !outs) rc = ANS_ENOMEM;
+        for (uint64_t q = 0; rc == ANS_OK && q < parts; q++) {
+            snprintf(sub, plen, "%s.%llu", path, (unsigned long long)q);
+            if (!(outs[q] = fopen(sub, "wb")))
+                rc = ans_err(ANS_EIO, "cannot create '%s': %s", sub, strerror(errno));
+        }
+        uint64_t span = hi - lo;
+        while (rc == ANS_OK) {
+            uint64_t hdr[2];
+            size_t got = fread(hdr, 1, sizeof hdr, in);
+            if (got == 0) break;
+            if (got != sizeof hdr || hdr[1] < 16 || hdr[0] < lo || hdr[0] >= hi) {
+                rc = ans_err(ANS_ECORRUPT, "run file '%s' is damaged", path);
+                break;
+            }
+            if ((rc = ans_buf_resize(&r, (size_t)hdr[1]))) break;
+            memcpy(r.data, hdr, 16);
+            if (fread(r.data + 16, 1, r.len - 16, in) != r.len - 16) {
+                rc = ans_err(ANS_ECORRUPT, "run file '%s' is truncated", path);
+                break;
+            }
+            /* part q holds [lo + span*q/parts, lo + span*(q+1)/parts) */
+            uint64_t rel = hdr[0] - lo;
+            uint64_t q = (uint64_t)(((unsigned __int128)rel * parts) / span);
+            while (q + 1 < parts &&
+                   lo + (uint64_t)(((unsigned __int128)span * (q + 1)) / parts) <= hdr[0])
+                q++;
+            while (q > 0 && lo + (uint64_t)(((unsigned __int128)span * q) / parts) > hdr[0])
+                q--;
+            if (fwrite(r.data, 1, r.len, outs[q]) != r.len)
+                rc = ans_err(ANS_EIO, "writing a run file failed: %s", strerror(errno));
+        }
+        fclose(in);
+        for (uint64_t q = 0; outs && q < parts; q++)
+            if (outs[q] && fclose(outs[q]) != 0 && rc == ANS_OK)
+                rc = ans_err(ANS_EIO, "writing a run file failed: %s", strerror(errno));
+        ans_buf_free(&r);
+        free(outs);
+        if (rc == ANS_OK) remove(path);
+        for (uint64_t q = 0; rc == ANS_OK && q < parts; q++) {
+            snprintf(sub, plen, "%s.%llu", path, (unsigned long long)q);
+            uint64_t a = lo + (uint64_t)(((unsigned __int128)span * q) / parts);
+            uint64_t z = lo + (uint64_t)(((unsigned __int128)span * (q + 1)) / parts);
+            rc = process_run(c, x, sub, a, z, b, depth + 1);
+        }
+        free(sub);
+        return rc;
+    }
+    if ((rc = read_whole(path, b))) return rc;
+    uint64_t n = hi - lo;
+    uint8_t **recs = ans_calloc(n + 1, sizeof *recs);
+    if (!recs) return ANS_ENOMEM;
+    size_t at = 0;
+    while (rc == ANS_OK && at < b->len) {
+        uint64_t hdr[2];
+        if (b->len - at < 16) {
+            rc = ans_err(ANS_ECORRUPT, "run file '%s' is truncated", path);
+            break;
+        }
+        memcpy(hdr, b->data + at, 16);
+        if (hdr[1] < 16 || hdr[1] > b->len - at || hdr[0] < lo || hdr[0] >= hi ||
+            recs[hdr[0] - lo]) {
+            rc = ans_err(ANS_ECORRUPT, "run file '%s' is damaged", path);
+            break;
+        }
+        recs[hdr[0] - lo] = b->data + at;
+        at += (size_t)hdr[1];
+    }
+    for (uint64_t i = 0; rc == ANS_OK && i < n; i++)
+        if (!recs[i])
+            rc = ans_err(ANS_ECORRUPT, "run file '%s' lacks position %llu", path,
+                         (unsigned long long)(lo + i));
+    if (rc == ANS_OK) rc = emit(c, x, recs, n);
+    free(recs);
+    remove(path);
+    return rc;
+}
+
+static int close_elem(cv_elem *e, int rc)
+{
+    if (e->csr) {
+        int r2 = rc == ANS_OK ? ans_adw_csr_close(e->csr) : (ans_adw_csr_abort(e->csr), ANS_OK);
+        if (rc == ANS_OK) rc = r2;
+        e->csr = NULL;
+    }
+    if (e->zwa) {
+        int r2 = rc == ANS_OK ? ans_zwa_close(e->zwa) : (ans_zwa_abort(e->zwa), ANS_OK);
+        if (rc == ANS_OK) rc = r2;
+        e->zwa = NULL;
+    }
+    return rc;
+}
+
+static int write_dataset(cv *c, ans_zw *w, uint64_t d, ans_buf *b)
+{
+    uint64_t lo = d * c->S, hi = lo + c->S < c->n_total ? lo + c->S : c->n_total, n = hi - lo;
+    slice_ctx x = {0};
+    for (size_t k = 0; k < c->n_cols; k++) {
+        cv_col *col = &c->cols[k];
+        col->vals.len = col->mask.len = col->sdata.len = 0;
+    }
+    int rc = open_dataset(c, w, d, n);
+    if (rc == ANS_OK) rc = begin_obs(c, w, d, n, &x);
+    char path[4096];
+    snprintf(path, sizeof path, "%s/d%llu", c->runs, (unsigned long long)d);
+    if (rc == ANS_OK) rc = process_run(c, &x, path, lo, hi, b, 0);
+    /* close the matrices (abort after a failure): layers, X, obsm; then obs and var */
+    for (size_t k = 1; k < c->n_el; k++)
+        if (c->el[k].var_aligned) rc = close_elem(&c->el[k], rc);
+    if (c->n_el) rc = close_elem(&c->el[0], rc);
+    for (size_t k = 1; k < c->n_el; k++)
+        if (!c->el[k].var_aligned) rc = close_elem(&c->el[k], rc);
+    rc = finish_frames(c, w, d, n, &x, rc);
+    ans_buf_free(&x.ioff);
+    ans_buf_free(&x.idata);
+    for (size_t k = 0; k < c->n_cols; k++) {
+        cv_col *col = &c->cols[k];
+        col->vals.len = col->mask.len = col->sdata.len = 0;
+    }
+    return rc;
+}
+
+/* ---- driver -----------------------------------------------------------------------------------
+ */
+
+static void cv_free(cv *c)
+{
+    for (size_t s = 0; s < c->n_in; s++) {
+        ans_store_free(c->in[s].st);
+        free(c->in[s].vmap);
+        free(c->in[s].path);
+    }
+    free(c->in);
+    for (size_t k = 0; k < c->n_cols; k++) {
+        cv_col *col = &c->cols[k];
+        free(col->name);
+        for (size_t s = 0; col->cmap && s < c->n_in; s++)
+            free(col->cmap[s]);
+        free(col->cmap);
+        free(col->ncmap);
+        strmap_free(&col->cats);
+        ans_buf_free(&col->vals);
+        ans_buf_free(&col->mask);
+        ans_buf_free(&col->sdata);
+    }
+    free(c->cols);
+    for (size_t k = 0; k < c->n_el; k++) {
+        free(c->el[k].ds_nnz);
+        ans_buf_free(&c->el[k].indptr);
+        ans_buf_free(&c->el[k].ind);
+        ans_buf_free(&c->el[k].data);
+    }
+    free(c->el);
+    strmap_free(&c->var);
+    free(c->table);
+    free(c->names.slots);
+    if (c->runs) {
+        rm_rf(c->runs);
+        free(c->runs);
+    }
+    ans_pool_free(c->pool);
+}
+
+static int add_input(cv *c, const char *path, int threads)
+{
+    cv_input *ni = ans_realloc(c->in, (c->n_in + 1) * sizeof *ni);
+    if (!ni) return ANS_ENOMEM;
+    c->in = ni;
+    cv_input *in = &c->in[c->n_in++];
+    memset(in, 0, sizeof *in);
+    if (!(in->path = ans_strdup(path))) return ANS_ENOMEM;
+    ans_store_options so = ANS_STORE_OPTIONS_INIT;
+    so.threads = 1; /* metadata only; pass 1 reopens the input it reads with `threads` */
+    (void)threads;
+    int rc = ans_store_open(&in->st, path, &so);
+    if (rc != ANS_OK) return rc;
+    in->n_obs = ans_store_n_obs(in->st);
+    in->n_vars = ans_store_n_vars(in->st);
+    in->offset = c->n_total;
+    if (ans_add_overflow(c->n_total, in->n_obs, &c->n_total))
+        return ans_err(ANS_EINVAL, "ans_convert: too many rows");
+    return ANS_OK;
+}
+
+static int path_exists(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+static int run_convert(cv *c, const char *const *inputs, size_t n_inputs, const char *output)
+{
+    const ans_convert_options *o = c->o;
+    int rc = ANS_OK;
+    int exists = path_exists(output);
+    if (exists && !o->overwrite && !o->append)
+        return ans_err(ANS_EINVAL, "%s: the output exists (pass overwrite or append)", output);
+    if (o->append && exists) {
+        char *p0 = NULL;
+        for (uint64_t d = 0;; d++) {
+            free(p0);
+            if (!(p0 = ans_asprintf("%s/dataset_%llu", output, (unsigned long long)d)))
+                return ANS_ENOMEM;
+            if (!path_exists(p0)) break;
+            if ((rc = add_input(c, p0, o->threads))) {
+                free(p0);
+                return rc;
+            }
+        }
+        free(p0);
+    }
+    for (size_t i = 0; i < n_inputs; i++) {
+        if (!inputs[i]) return ans_err(ANS_EINVAL, "ans_convert: input %zu is NULL", i);
+        if ((rc = add_input(c, inputs[i], o->threads))) return rc;
+    }
+    if (!c->n_in) return ans_err(ANS_EINVAL, "ans_convert: no inputs");
+    if ((rc = build_var(c))) return rc;
+    if ((rc = build_obs(c))) return rc;
+    /* elements (the dataset count is not known yet: ds_nnz is sized after) */
+    c->n_ds = 0; /* ds_nnz is sized again once the dataset count is known */
+    if ((rc = add_elem(c, "X", 1))) return rc;
+    char key[300];
+    for (size_t i = 0; i < o->n_layers; i++) {
+        if (!o->layers || !o->layers[i])
+            return ans_err(ANS_EINVAL, "ans_convert: layer %zu is NULL", i);
+        snprintf(key, sizeof key, "layers/%s", o->layers[i]);
+        if ((rc = add_elem(c, key, 1))) return rc;
+    }
+    for (size_t i = 0; i < o->n_obsm; i++) {
+        if (!o->obsm || !o->obsm[i]) return ans_err(ANS_EINVAL, "ans_convert: obsm %zu is NULL", i);
+        snprintf(key, sizeof key, "obsm/%s", o->obsm[i]);
+        if ((rc = add_elem(c, key, 0))) return rc;
+    }
+    double rb;
+    if ((rc = estimate_row_bytes(c, &rb))) return rc;
+    if (o->dataset_size_rows) {
+        c->S = o->dataset_size_rows;
+    } else {
+        double s = (double)o->dataset_size_bytes / rb;
+        c->S = s < 1 ? 1 : (uint64_t)s;
+    }
+    c->n_ds = c->n_total ? (c->n_total + c->S - 1) / c->S : 0;
+    for (size_t k = 0; k < c->n_el; k++) {
+        if (!c->el[k].var_aligned) continue;
+        free(c->el[k].ds_nnz);
+        if (!(c->el[k].ds_nnz = ans_calloc(c->n_ds + 1, 8))) return ANS_ENOMEM;
+    }
+    if ((rc = build_perm(c))) return rc;
+    /* obs names: the hash set, or the suffix fallback */
+    if ((uint64_t)c->n_total * 32 > c->budget / 8) {
+        c->names_fallback = 1;
+        for (size_t s = 1; s < c->n_in; s++)
+            c->in[s].suffix_all = 1;
+    }
+
+    /* run directory */
+    c->runs = ans_asprintf("%s.runs-XXXXXX", output);
+    if (!c->runs) return ANS_ENOMEM;
+    if (!mkdtemp(c->runs)) {
+        rc = ans_err(ANS_EIO, "%s: cannot create the run directory '%s': %s", output, c->runs,
+                     strerror(errno));
+        free(c->runs);
+        c->runs = NULL;
+        return rc;
+    }
+    /* pass 1 */
+    scatter sc = {0};
+    sc.bufs = ans_calloc(c->n_ds + 1, sizeof *sc.bufs);
+    if (!sc.bufs) return ANS_ENOMEM;
+    uint64_t per = c->budget / 4 / (c->n_ds ? c->n_ds : 1);
+    sc.cap = (size_t)(per < 4096 ? 4096 : per);
+    double bl = (double)(c->budget / 4) / rb;
+    uint64_t block = bl < 1 ? 1 : bl > 1048576 ? 1048576 : (uint64_t)bl;
+    for (size_t s = 0; s < c->n_in && rc == ANS_OK; s++) {
+        rc = scatter_input(c, s, &sc, block);
+        /* names of input s are in the set now; the next input's duplicates get the suffix */
+    }
+    for (uint64_t d = 0; d < c->n_ds && rc == ANS_OK; d++)
+        rc = flush_ds(c, &sc, d);
+    for (uint64_t d = 0; d < c->n_ds; d++)
+        ans_buf_free(&sc.bufs[d]);
+    free(sc.bufs);
+    free(c->names.slots);
+    c->names.slots = NULL;
+    c->names.n = c->names.nslots = 0;
+    if (rc) return rc;
+
+    /* pass 2: into `output`, or a staging sibling replacing it at the end */
+    char *root = NULL;
+    if (exists) {
+        root = ans_asprintf("%s.staged-%ld", output, (long)getpid());
+        if (!root) return ANS_ENOMEM;
+        if (path_exists(root)) rm_rf(root);
+    }
+    ans_zw *w = NULL;
+    if ((rc = ans_zw_create(&w, root ? root : output, c->pool))) {
+        free(root);
+        return rc;
+    }
+    rc = ans_adw_collection(w);
+    ans_buf b = {0};
+    for (uint64_t d = 0; d < c->n_ds && rc == ANS_OK; d++)
+        rc = write_dataset(c, w, d, &b);
+    ans_buf_free(&b);
+    if (rc == ANS_OK) rc = ans_zw_finish(w);
+    ans_zw_free(w);
+    if (rc == ANS_OK && root) {
+        char *old = ans_asprintf("%s.old-%ld", output, (long)getpid());
+        if (!old) rc = ANS_ENOMEM;
+        if (rc == ANS_OK && rename(output, old) != 0)
+            rc = ans_err(ANS_EIO, "%s: cannot move the old output aside: %s", output,
+                         strerror(errno));
+        if (rc == ANS_OK && rename(root, output) != 0) {
+            rc = ans_err(ANS_EIO, "%s: cannot rename '%s' into place: %s", output, root,
+                         strerror(errno));
+            (void)rename(old, output);
+        }
+        if (rc == ANS_OK) rm_rf(old);
+        free(old);
+    }
+    if (rc != ANS_OK && root) rm_rf(root);
+    free(root);
+    return rc;
+}
+
+int ans_convert(const char *const *inputs, size_t n_inputs, const char *output,
+                const ans_convert_options *opts)
+{
+    ans_convert_options def = ANS_CONVERT_OPTIONS_INIT;
+    const ans_convert_options *o = opts ? opts : &def;
+    if (o->version != ANS_CONVERT_OPTIONS_VERSION)
+        return ans_err(ANS_EINVAL, "ans_convert: options version %u (expected %u)", o->version,
+                       ANS_CONVERT_OPTIONS_VERSION);
+    if (!output || !*output) return ans_err(ANS_EINVAL, "ans_convert: no output path");
+    if (!inputs && n_inputs) return ans_err(ANS_EINVAL, "ans_convert: inputs is NULL");
+    if (!o->n_obs_per_chunk || !o->shard_size || !o->memory ||
+        (!o->dataset_size_rows && !o->dataset_size_bytes) || o->threads < 0)
+        return ans_err(ANS_EINVAL, "ans_convert: n_obs_per_chunk, shard_size, memory and the "
+                                   "dataset size must be positive, threads >= 0");
+    if (o->compressor != ANS_CONVERT_LZ4 && o->compressor != ANS_CONVERT_ZSTD &&
+        o->compressor != ANS_CONVERT_NONE)
+        return ans_err(ANS_EINVAL, "ans_convert: unknown compressor %d", (int)o->compressor);
+    cv c;
+    memset(&c, 0, sizeof c);
+    c.o = o;
+    c.output = output;
+    c.budget = o->memory < 65536 ? 65536 : o->memory;
+    ans_adw_opts ao = ANS_ADW_OPTS_INIT;
+    ao.n_obs_per_chunk = o->n_obs_per_chunk;
+    ao.shard_size = o->shard_size;
+    if (o->compressor == ANS_CONVERT_ZSTD) {
+        ao.codec.comp = ANS_ZW_COMP_ZSTD;
+        ao.codec.clevel = 0;
+    } else if (o->compressor == ANS_CONVERT_NONE) {
+        ao.codec.comp = ANS_ZW_COMP_NONE;
+    }
+    c.aopts = ao;
+    int threads = o->threads;
+    if (threads == 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 && n < 1024 ? (int)n : 1;
+    }
+    /* "out/" -> "out": the temporary siblings are "<output>.runs-XXXXXX" etc. */
+    char *out = ans_strdup(output);
+    if (!out) return ANS_ENOMEM;
+    for (size_t l = strlen(out); l > 1 && out[l - 1] == '/'; l--)
+        out[l - 1] = '\0';
+    c.output = out;
+    int rc = ans_pool_new(&c.pool, threads);
+    if (rc == ANS_OK) rc = run_convert(&c, inputs, n_inputs, out);
+    cv_free(&c);
+    free(out);
+    return rc;
+}

@@ -1,0 +1,246 @@
+"""annstream.convert: inputs written by anndata (zarr v3, zarr v2, h5ad; CSR, CSC, dense X), the
+collection read back by anndata and by annstream. Every input row carries a unique obs "key", so
+each output row is matched to its source and compared value by value after mapping to the output
+var."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+import annstream
+
+
+def _make(n: int, genes: list[str], in_id: int, cats: list[str], fmt: str, seed: int) -> ad.AnnData:
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, len(genes))).astype(np.float32)
+    x[x < 0.7] = 0
+    x = x * 100 + (x > 0)
+    obs = pd.DataFrame(
+        {
+            "key": np.arange(n, dtype=np.int64) + in_id * 1_000_000,
+            "ct": pd.Categorical(rng.choice(cats, n), categories=cats),
+            "score": rng.random(n),
+        },
+        index=[f"cell{i}" for i in range(n)],
+    )
+    X = {"csr": sp.csr_matrix(x), "csc": sp.csc_matrix(x), "dense": x}[fmt]
+    a = ad.AnnData(X=X, obs=obs, var=pd.DataFrame(index=genes))
+    a.obsm["emb"] = np.stack([obs["key"].to_numpy(np.float64), -obs["key"].to_numpy(np.float64)], 1)
+    a.layers["counts"] = sp.csr_matrix(np.round(x).astype(np.int32))
+    return a
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    d = tmp_path_factory.mktemp("convert_inputs")
+    a = _make(300, [f"g{i}" for i in range(10)], 0, ["T", "B", "NK"], "csr", 1)
+    b = _make(200, [f"g{i}" for i in range(14, 4, -1)], 1, ["Mono", "B"], "csc", 2)
+    c = _make(150, [f"g{i}" for i in (3, 20, 7)], 2, ["B", "DC"], "dense", 3)
+    pa, pb, pc = d / "a.zarr", d / "b.h5ad", d / "c.zarr"
+    ad.settings.zarr_write_format = 3
+    a.write_zarr(pa)
+    b.write_h5ad(pb)
+    ad.settings.zarr_write_format = 2
+    try:
+        c.write_zarr(pc)
+    finally:
+        ad.settings.zarr_write_format = 3
+    return [(pa, a), (pb, b), (pc, c)]
+
+
+def _datasets(out: Path) -> list[ad.AnnData]:
+    names = sorted((p.name for p in out.iterdir() if p.name.startswith("dataset_")),
+                   key=lambda s: int(s.split("_")[1]))
+    assert names == [f"dataset_{i}" for i in range(len(names))]
+    return [ad.read_zarr(out / n) for n in names]
+
+
+def _check(out: Path, srcs, var_names: list[str], layers=False, obsm=False, ids=None) -> ad.AnnData:
+    parts = _datasets(out)
+    for p in parts:
+        assert list(p.var_names) == var_names
+    full = ad.concat(parts, merge="same")
+    total = sum(a.n_obs for _, a in srcs)
+    assert full.n_obs == total
+    keys = full.obs["key"].to_numpy()
+    assert len(np.unique(keys)) == total
+    # src_path and categories
+    for s, (path, a) in enumerate(srcs):
+        sel = (keys // 1_000_000) == (s if ids is None else ids[s])
+        assert sel.sum() == a.n_obs
+        assert set(full.obs["src_path"][sel].astype(str)) == {str(path)}
+        rows = keys[sel] % 1_000_000
+        assert np.array_equal(full.obs["ct"][sel].astype(str).to_numpy(),
+                              a.obs["ct"].astype(str).to_numpy()[rows])
+        assert np.allclose(full.obs["score"][sel].to_numpy(), a.obs["score"].to_numpy()[rows])
+        # X mapped to the output var: genes the input lacks are zeros, dropped genes gone
+        src_x = a.X.toarray() if sp.issparse(a.X) else np.asarray(a.X)
+        ref = pd.DataFrame(src_x, columns=list(a.var_names)).reindex(columns=var_names,
+                                                                     fill_value=0).to_numpy()
+        got = full.X[np.flatnonzero(sel)]
+        got = got.toarray() if sp.issparse(got) else np.asarray(got)
+        assert np.array_equal(got, ref[rows])
+        if layers:
+            refc = pd.DataFrame(a.layers["counts"].toarray(), columns=list(a.var_names)).reindex(
+                columns=var_names, fill_value=0).to_numpy()
+            gotc = full.layers["counts"][np.flatnonzero(sel)]
+            gotc = gotc.toarray() if sp.issparse(gotc) else np.asarray(gotc)
+            assert np.array_equal(gotc, refc[rows])
+        if obsm:
+            assert np.array_equal(full.obsm["emb"][np.flatnonzero(sel)], a.obsm["emb"][rows])
+    # unified categories: first-seen order
+    seen: list[str] = []
+    for _, a in srcs:
+        for c in a.obs["ct"].cat.categories:
+            if c not in seen:
+                seen.append(c)
+    for p in parts:
+        assert list(p.obs["ct"].cat.categories) == seen
+    assert full.obs_names.is_unique
+    return full
+
+
+def test_union(inputs, tmp_path):
+    out = tmp_path / "coll.zarr"
+    annstream.convert([p for p, _ in inputs], out, seed=1, dataset_size=128, progress=False,
+                      layers=["counts"], obsm=["emb"], threads=2)
+    var = [f"g{i}" for i in range(10)] + [f"g{i}" for i in (14, 13, 12, 11, 10)] + ["g20"]
+    full = _check(out, inputs, var, layers=True, obsm=True)
+    assert len(_datasets(out)) == 6  # 650 rows / 128
+    # uniform shuffle sanity: adjacent rows come from the same input about as often as chance
+    src = full.obs["key"].to_numpy() // 1_000_000
+    p = np.bincount(src) / len(src)
+    same = np.mean(src[1:] == src[:-1])
+    assert abs(same - np.sum(p * p)) < 0.1
+    assert not np.all(np.diff(full.obs["key"].to_numpy()) > 0)
+    # annbatch's layout and annstream's own reader
+    import zarr
+
+    root = zarr.open_group(out, mode="r")  # through the consolidated metadata
+    assert root.attrs["encoding-type"] == "annbatch-preshuffled"
+    assert root.metadata.consolidated_metadata is not None
+    via_root = ad.io.read_elem(root["dataset_1"])
+    assert via_root.n_obs == 128 and list(via_root.var_names) == var
+    with annstream.open(out / "dataset_0") as st:
+        X = st["X"].read_rows([0, 1, 2])
+        assert X.shape == (3, len(var))
+
+
+def test_intersection_and_list(inputs, tmp_path):
+    out = tmp_path / "inter.zarr"
+    annstream.convert([p for p, _ in inputs[:2]], out, var="intersection", dataset_size=10_000,
+                      progress=False)
+    _check(out, inputs[:2], [f"g{i}" for i in range(5, 10)])
+    out2 = tmp_path / "list.zarr"
+    annstream.convert([p for p, _ in inputs], out2, var=["g20", "g3", "g99", "g12"],
+                      dataset_size="16KiB", progress=False)
+    _check(out2, inputs, ["g20", "g3", "g99", "g12"])
+    assert len(_datasets(out2)) > 1
+
+
+def test_dense_inputs_give_dense_x(inputs, tmp_path):
+    out = tmp_path / "dense.zarr"
+    annstream.convert([inputs[2][0]], out, dataset_size=100, progress=False, obsm=["emb"])
+    parts = _datasets(out)
+    assert all(isinstance(p.X, np.ndarray) for p in parts)
+    _check(out, inputs[2:], ["g3", "g20", "g7"], obsm=True, ids=[2])
+
+
+def test_small_memory_budget(inputs, tmp_path):
+    out = tmp_path / "small.zarr"
+    calls = []
+    annstream.convert([p for p, _ in inputs], out, dataset_size=400, memory=65536,
+                      compressor="zstd", progress=lambda d, t: calls.append((d, t)))
+    var = [f"g{i}" for i in range(10)] + [f"g{i}" for i in (14, 13, 12, 11, 10)] + ["g20"]
+    full = _check(out, inputs, var)
+    assert calls and calls[-1] == (650, 650)
+    # 650 rows > memory / 128: the keyed bijection (not the Fisher-Yates table) shuffled them
+    src = full.obs["key"].to_numpy() // 1_000_000
+    p = np.bincount(src) / len(src)
+    assert abs(np.mean(src[1:] == src[:-1]) - np.sum(p * p)) < 0.1
+    assert not [p for p in tmp_path.iterdir() if p.name != "small.zarr"]
+
+
+def test_overwrite_refused_and_replaced(inputs, tmp_path):
+    out = tmp_path / "ow.zarr"
+    paths = [p for p, _ in inputs[:1]]
+    annstream.convert(paths, out, dataset_size=100, progress=False)
+    with pytest.raises(FileExistsError):
+        annstream.convert(paths, out, progress=False)
+    annstream.convert(paths, out, dataset_size=50, overwrite=True, progress=False)
+    assert len(_datasets(out)) == 6
+    with pytest.raises(FileNotFoundError):
+        annstream.convert([tmp_path / "missing.zarr"], tmp_path / "x.zarr", progress=False)
+    with pytest.raises(ValueError):
+        annstream.convert(paths, tmp_path / "y.zarr", var="outer", progress=False)
+
+
+def test_append_keeps_new_genes(inputs, tmp_path):
+    out = tmp_path / "app.zarr"
+    annstream.convert([inputs[0][0]], out, dataset_size=100, progress=False)
+    annstream.convert([inputs[1][0]], out, dataset_size=100, append=True, progress=False)
+    parts = _datasets(out)
+    full = ad.concat(parts, merge="same")
+    assert full.n_obs == 500
+    assert list(parts[0].var_names) == [f"g{i}" for i in range(10)] + [
+        f"g{i}" for i in (14, 13, 12, 11, 10)]
+    assert set(full.obs["src_path"].astype(str)) == {str(inputs[0][0]), str(inputs[1][0])}
+
+
+@pytest.mark.parametrize("phase", ["scatter", "write"])
+def test_interrupted_run_leaves_nothing_valid(inputs, tmp_path, phase):
+    """SIGKILL while scattering rows (pass 1) or while writing datasets (pass 2): no output, only
+    clearly temporary siblings; a rerun succeeds."""
+    out = tmp_path / "killed.zarr"
+    cond = "True" if phase == "scatter" else "done > total // 2 + 100"
+    script = textwrap.dedent(f"""
+        import sys, time, annstream
+        def cb(done, total):
+            if {cond}:
+                print("started", done, total, flush=True)
+                time.sleep(0.5)
+        annstream.convert({[str(p) for p, _ in inputs]!r}, {str(out)!r}, dataset_size=64,
+                          memory=65536, progress=cb)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    line = proc.stdout.readline().split()
+    assert line[:1] == [b"started"]
+    if phase == "write":
+        assert int(line[1]) > int(line[2]) // 2
+    time.sleep(0.1)  # inside the progress call: the conversion cannot finish meanwhile
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    left = [p.name for p in tmp_path.iterdir()]
+    assert left and all(".runs-" in n or ".tmp-" in n for n in left), left
+    if phase == "write":
+        assert any(".tmp-" in n for n in left)  # the collection being written
+        for n in left:
+            assert not (tmp_path / n / "zarr.json").exists()
+    annstream.convert([p for p, _ in inputs], out, dataset_size=64, progress=False)
+    assert len(_datasets(out)) == 11
+
+
+def test_keyboard_interrupt_cancels(inputs, tmp_path):
+    out = tmp_path / "cancel.zarr"
+
+    def cb(done, total):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        annstream.convert([p for p, _ in inputs], out, dataset_size=64, progress=cb)
+    assert not out.exists()
+    assert not list(tmp_path.iterdir())
