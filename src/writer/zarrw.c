@@ -278,6 +278,43 @@ int ans_zw_group(ans_zw *w, const char *path, ans_json *attrs)
     return rc < 0 ? zw_err_node(w, path, rc) : ANS_OK;
 }
 
+/* Order of node paths as a tree walk: component by component ('/' sorts before any other byte).
+ * zarr-python rebuilds nested consolidated metadata and needs each group's descendants together. */
+static int path_cmp(const void *pa, const void *pb)
+{
+    const unsigned char *a = *(const unsigned char *const *)pa;
+    const unsigned char *b = *(const unsigned char *const *)pb;
+    for (;; a++, b++) {
+        unsigned ca = *a == '/' ? 1u : *a ? (unsigned)*a + 1u : 0u;
+        unsigned cb = *b == '/' ? 1u : *b ? (unsigned)*b + 1u : 0u;
+        if (ca != cb || !ca) return ca < cb ? -1 : ca > cb;
+    }
+}
+
+/* A copy of the consolidated entries sorted by path_cmp. */
+static ans_json *sorted_entries(const ans_json *cons)
+{
+    size_t n = cons->v.o.n;
+    const char **keys = ans_malloc((n ? n : 1) * sizeof *keys);
+    ans_json *out = keys ? ans_json_new_object() : NULL;
+    if (!out) {
+        free(keys);
+        return NULL;
+    }
+    for (size_t i = 0; i < n; i++) keys[i] = cons->v.o.keys[i];
+    qsort(keys, n, sizeof *keys, path_cmp);
+    for (size_t i = 0; i < n; i++) {
+        ans_json *v = ans_json_clone(ans_json_get(cons, keys[i]));
+        if (!v || ans_json_set(out, keys[i], v) < 0) {
+            ans_json_free(out);
+            out = NULL;
+            break;
+        }
+    }
+    free(keys);
+    return out;
+}
+
 int ans_zw_finish(ans_zw *w)
 {
     if (w->finished) return ans_err(ANS_EINVAL, "%s: writer already finished", w->root);
@@ -288,11 +325,12 @@ int ans_zw_finish(ans_zw *w)
     w->rattrs = NULL;
     int rc = group_doc(attrs, &doc);
     if (rc == ANS_OK) rc = (cm = ans_json_new_object()) ? ANS_OK : ANS_ENOMEM;
+    /* (w->cons keeps creation order; the root document gets a tree-ordered copy.) */
     if (rc == ANS_OK) rc = jset(cm, "kind", ans_json_new_str("inline"));
     if (rc == ANS_OK) rc = jset(cm, "must_understand", ans_json_new_bool(0));
     if (rc == ANS_OK) {
-        rc = ans_json_set(cm, "metadata", w->cons);
-        w->cons = NULL;
+        ans_json *sorted = sorted_entries(w->cons);
+        rc = sorted ? ans_json_set(cm, "metadata", sorted) : ANS_ENOMEM;
     }
     if (rc == ANS_OK) {
         rc = ans_json_set(doc, "consolidated_metadata", cm);
