@@ -15,8 +15,16 @@ python tests/c/make_zarr_fixtures.py "$FIX/zarr" >/dev/null
 python tests/c/make_h5_fixtures.py "$FIX/h5" >/dev/null
 python tests/c/make_loader_fixtures.py "$FIX/loader" >/dev/null
 export ANS_ZARR_FIXTURES="$FIX/zarr" ANS_H5_FIXTURES="$FIX/h5" ANS_LOADER_FIXTURES="$FIX/loader"
-if [ ! -f build/c/build.ninja ]; then meson setup build/c -Dpython=false --buildtype=debugoptimized >/dev/null; fi
+# -Dfuzz=true adds one replay test per fuzz target over fuzz/corpus and fuzz/regressions.
+if [ ! -f build/c/build.ninja ]; then
+  meson setup build/c -Dpython=false -Dfuzz=true --buildtype=debugoptimized >/dev/null
+else
+  meson configure build/c -Dfuzz=true >/dev/null
+fi
 meson test -C build/c --print-errorlogs
 
 echo "== Python tests"
 python -m pytest -q tests/python
+
+echo "== Sanitizer tier (ASan + UBSan: C tests, fuzz replay, Python suite)"
+bash tools/sanitize.sh --python

@@ -13,6 +13,15 @@
 /* The size of the frame at src[pos..], or an error naming it. */
 static int frame_size(const uint8_t *s, size_t srclen, size_t pos, unsigned frame, size_t *fsize)
 {
+    /* Only current frames and skippable frames: libzstd also decodes legacy (pre-1.0) formats,
+     * whose headers it checks less strictly, and no zarr writer produces them. */
+    uint32_t magic = srclen - pos >= 4 ? (uint32_t)s[pos] | (uint32_t)s[pos + 1] << 8 |
+                                             (uint32_t)s[pos + 2] << 16 | (uint32_t)s[pos + 3] << 24
+                                       : 0;
+    if (magic != ZSTD_MAGICNUMBER &&
+        (magic & ZSTD_MAGIC_SKIPPABLE_MASK) != ZSTD_MAGIC_SKIPPABLE_START)
+        return ans_err(ANS_ECORRUPT, "zstd: frame %u at offset %zu: bad magic number 0x%08x", frame,
+                       pos, (unsigned)magic);
     size_t n = ZSTD_findFrameCompressedSize(s + pos, srclen - pos);
     if (ZSTD_isError(n))
         return ans_err(ANS_ECORRUPT, "zstd: frame %u at offset %zu: %s", frame, pos,
@@ -54,6 +63,9 @@ int ans_zstd_decode(ans_codec_ctx *ctx, const void *src, size_t srclen, void *ds
             return ans_err(ANS_ECORRUPT, "zstd: frame %u at offset %zu: %s", frame, pos,
                            ZSTD_getErrorName(r));
         }
+        if (want != ZSTD_CONTENTSIZE_UNKNOWN && r != want)
+            return ans_err(ANS_ECORRUPT, "zstd: frame %u declares %llu bytes but decodes to %zu",
+                           frame, want, r);
         out += r;
         pos += fsize;
     }

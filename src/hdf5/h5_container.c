@@ -1430,7 +1430,10 @@ static void h5_direct_setup(h5_array *a, hid_t ftype, hid_t dcpl)
     unsigned opts = 0;
     if (H5Pget_chunk_opts(dcpl, &opts) < 0 || (opts & H5D_CHUNK_DONT_FILTER_PARTIAL_CHUNKS)) return;
     int nf = H5Pget_nfilters(dcpl);
-    if (nf < 0 || nf > H5_DIRECT_MAX_FILTERS) return;
+    /* Unfiltered chunks need no decoding, so H5Dread loses nothing there; and for them libhdf5
+     * 1.10 answers H5Dget_chunk_storage_size from the layout while H5Dread_chunk copies the size in
+     * the chunk index, which a damaged file can make larger (a heap overflow found by fuzzing). */
+    if (nf <= 0 || nf > H5_DIRECT_MAX_FILTERS) return;
     for (int i = 0; i < nf; i++) {
         unsigned flags = 0, cd[8] = {0}, config = 0;
         size_t ncd = 8;
