@@ -136,7 +136,7 @@ def convert(
     layers, obsm
         Names of layers / obsm entries to carry (each must exist in every input).
     n_obs_per_chunk, shard_size, compressor
-        Layout: rows per inner chunk, target shard size, ``"lz4"`` (blosc lz4, annbatch's
+        Layout: rows per inner chunk, target shard size (capped at ``memory / 8``), ``"lz4"`` (blosc lz4, annbatch's
         default), ``"zstd"`` or ``"none"``.
     memory
         Memory budget for the conversion (bytes or a size string); the input size does not

@@ -1628,7 +1628,9 @@ int ans_convert(const char *const *inputs, size_t n_inputs, const char *output,
     c.budget = o->memory < 65536 ? 65536 : o->memory;
     ans_adw_opts ao = ANS_ADW_OPTS_INIT;
     ao.n_obs_per_chunk = o->n_obs_per_chunk;
-    ao.shard_size = o->shard_size;
+    /* Shard buffers live outside the budget's accounting: cap them so the total stays bounded. */
+    uint64_t shard_cap = c.budget / 8 < ((uint64_t)1 << 20) ? ((uint64_t)1 << 20) : c.budget / 8;
+    ao.shard_size = o->shard_size < shard_cap ? o->shard_size : shard_cap;
     if (o->compressor == ANS_CONVERT_ZSTD) {
         ao.codec.comp = ANS_ZW_COMP_ZSTD;
         ao.codec.clevel = 0;
