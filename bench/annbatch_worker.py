@@ -151,6 +151,60 @@ def cpu_seconds() -> float:
 # Worker
 
 
+def time_epoch(loader, args, base: dict, timed: bool, index: int) -> dict:
+    """One pass over `loader`, measured the same way for every system (both workers call this):
+    wall time, first-batch latency, rows/nnz/batches, own CPU, machine contention, RSS; with
+    args.check the sum of X.data; with args.cache == "cold" the collection is evicted first."""
+    import scipy.sparse as sp  # numpy/scipy only here: the module's top level stays stdlib-only
+
+    ev = None
+    if timed and args.cache == "cold":
+        ev = evict(args.collection)
+        ev["resident_after"] = resident_fraction(args.collection)
+    bg = idle_load() if timed else None
+    cpu0 = cpu_seconds()
+    sys0 = system_cpu()
+    t_start = time.perf_counter()
+    first = None
+    rows = nnz = batches = 0
+    xsum = 0.0
+    for batch in loader:
+        X = batch["X"]
+        if first is None:
+            first = time.perf_counter() - t_start
+            assert sp.issparse(X) and X.format == "csr", type(X)
+        rows += X.shape[0]
+        nnz += X.nnz
+        batches += 1
+        if args.check:
+            xsum += float(X.data.sum(dtype="float64"))
+        if args.max_batches and batches >= args.max_batches:
+            break
+    wall = time.perf_counter() - t_start
+    own = cpu_seconds() - cpu0
+    cont = contention(sys0, own, wall)
+    rec = {
+        **base,
+        "kind": "epoch" if timed else "warmup",
+        "epoch": index,
+        "seconds": wall,
+        "first_batch_s": first,
+        "rows": rows,
+        "nnz": nnz,
+        "batches": batches,
+        "samples_per_s": rows / wall,
+        "batches_per_s": batches / wall,
+        "cpu_s": own, **cont, "idle_load_before": bg,
+        "rss_mib": rss_mib(),
+        "peak_rss_mib": peak_rss_mib(),
+    }
+    if args.check:
+        rec["data_sum"] = xsum
+    if ev is not None:
+        rec["evict"] = ev
+    return rec
+
+
 def serve(emit, epoch, results: list, base: dict) -> None:
     """Round-robin mode (--serve): say "ready", then run one timed epoch per "epoch" line on stdin
     until "quit" / EOF.  Lets the orchestrator interleave the systems' epochs, so that both see the
@@ -219,7 +273,6 @@ def run(args) -> int:
     pipeline = enable_zarrs(args.zarr_threads)
     import annbatch
     import numpy as np
-    import scipy.sparse as sp
 
     def emit(obj):
         print(json.dumps(obj), flush=True)
@@ -257,52 +310,7 @@ def run(args) -> int:
     n_obs, n_var, n_batches = loader.n_obs, loader.n_var, len(loader)
 
     def epoch(timed: bool, index: int) -> dict:
-        ev = None
-        if timed and args.cache == "cold":
-            ev = evict(args.collection)
-            ev["resident_after"] = resident_fraction(args.collection)
-        bg = idle_load() if timed else None
-        cpu0 = cpu_seconds()
-        sys0 = system_cpu()
-        t_start = time.perf_counter()
-        first = None
-        rows = nnz = batches = 0
-        xsum = 0.0
-        for batch in loader:
-            X = batch["X"]
-            if first is None:
-                first = time.perf_counter() - t_start
-                assert sp.issparse(X) and X.format == "csr", type(X)
-            rows += X.shape[0]
-            nnz += X.nnz
-            batches += 1
-            if args.check:
-                xsum += float(X.data.sum(dtype=np.float64))
-            if args.max_batches and batches >= args.max_batches:
-                break
-        wall = time.perf_counter() - t_start
-        own = cpu_seconds() - cpu0
-        cont = contention(sys0, own, wall)
-        rec = {
-            **base,
-            "kind": "epoch" if timed else "warmup",
-            "epoch": index,
-            "seconds": wall,
-            "first_batch_s": first,
-            "rows": rows,
-            "nnz": nnz,
-            "batches": batches,
-            "samples_per_s": rows / wall,
-            "batches_per_s": batches / wall,
-            "cpu_s": own, **cont, "idle_load_before": bg,
-            "rss_mib": rss_mib(),
-            "peak_rss_mib": peak_rss_mib(),
-        }
-        if args.check:
-            rec["data_sum"] = xsum
-        if ev is not None:
-            rec["evict"] = ev
-        return rec
+        return time_epoch(loader, args, base, timed, index)
 
     results = []
     if args.cache == "warm":

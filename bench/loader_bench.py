@@ -45,7 +45,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from annbatch_worker import contention, cpu_seconds, evict, idle_load, serve, peak_rss_mib, resident_fraction, rss_mib, system_cpu  # noqa: E402  (stdlib only)
+from annbatch_worker import evict, peak_rss_mib, serve, time_epoch  # noqa: E402  (stdlib only)
 
 NOT_AVAILABLE = "annstream.Loader not available yet"
 
@@ -83,9 +83,6 @@ def annstream_worker(args) -> int:
     if not hasattr(annstream, "Loader"):
         emit({**base, "kind": "summary", "error": NOT_AVAILABLE})
         return 0
-    import numpy as np
-    import scipy.sparse as sp
-
     obs_cols = None
     if args.obs_mode == "all":  # the same columns annbatch's use_collection yields by default
         obs_cols = collection_obs_columns(Path(args.collection))
@@ -115,42 +112,7 @@ def annstream_worker(args) -> int:
         n_batches = None
 
     def epoch(timed: bool, index: int) -> dict:
-        ev = None
-        if timed and args.cache == "cold":
-            ev = evict(args.collection)
-            ev["resident_after"] = resident_fraction(args.collection)
-        bg = idle_load() if timed else None
-        cpu0 = cpu_seconds()
-        sys0 = system_cpu()
-        t_start = time.perf_counter()
-        first = None
-        rows = nnz = batches = 0
-        xsum = 0.0
-        for batch in loader:
-            X = batch["X"]
-            if first is None:
-                first = time.perf_counter() - t_start
-                assert sp.issparse(X) and X.format == "csr", type(X)
-            rows += X.shape[0]
-            nnz += X.nnz
-            batches += 1
-            if args.check:
-                xsum += float(X.data.sum(dtype=np.float64))
-            if args.max_batches and batches >= args.max_batches:
-                break
-        wall = time.perf_counter() - t_start
-        own = cpu_seconds() - cpu0
-        cont = contention(sys0, own, wall)
-        rec = {
-            **base, "kind": "epoch" if timed else "warmup", "epoch": index, "seconds": wall, "first_batch_s": first,
-            "rows": rows, "nnz": nnz, "batches": batches, "samples_per_s": rows / wall, "batches_per_s": batches / wall,
-            "cpu_s": own, **cont, "idle_load_before": bg, "rss_mib": rss_mib(), "peak_rss_mib": peak_rss_mib(),
-        }
-        if args.check:
-            rec["data_sum"] = xsum
-        if ev is not None:
-            rec["evict"] = ev
-        return rec
+        return time_epoch(loader, args, base, timed, index)
 
     results = []
     if args.cache == "warm":
