@@ -255,18 +255,20 @@ ANS_EXTERN int ans_frame_index(const ans_frame *frame, ans_column *out);
  * Batches are the same whatever the number of threads or the prefetch depth.
  *
  * Engine: one background thread per loader (started by the first ans_loader_next of an epoch)
- * computes the plan of each load, reads its rows with one element read per store (chunks decoded in
- * parallel on the stores' decode pools), gathers the rows of every batch into that batch's own
- * contiguous buffers (in parallel on `threads` threads) and queues the batches.
+ * computes the plan of each load and queues its batches. Sparse (CSR) batches are laid out from the
+ * row lengths first, then every row is decoded straight into its place in its batch (chunks decoded
+ * once per load, in parallel on the stores' decode pools; a blosc chunk only partly needed is
+ * decoded block by block). Dense and densified batches are read into a load buffer first and then
+ * gathered into each batch's own contiguous buffers (in parallel on `threads` threads).
  *
- * Memory is bounded by (prefetch + 1) loads of rows - `prefetch` loads of gathered batches waiting
- * in the queue plus one load being read - plus the batches the consumer holds (returned with
+ * Memory is bounded by (prefetch + 1) loads of rows - `prefetch` loads of batches waiting in the
+ * queue plus the load being decoded - plus the batches the consumer holds (returned with
  * ans_batch_release). Buffers are recycled: a released batch's buffers serve a later batch; new
  * ones are made only when every existing one is queued or held, and a buffer grows (by at least
  * half) only when a batch needs more room than it ever had. So the steady state allocates nothing
  * per batch. A consumer that holds batches without releasing them makes the loader allocate more
  * (it never waits for a release, so collecting a whole epoch cannot deadlock): memory grows with
- * the number of batches held. The per-load tables add 16 bytes per row of a load. Decoding also
+ * the number of batches held. The per-load tables add up to 88 bytes per row of a load. Decoding also
  * uses the stores' own caches (the indptr of each sparse element, 8 bytes per row).
  *
  * Threads: one thread drives a loader (ans_loader_next, set_epoch, seek, free are not to be called
@@ -302,9 +304,9 @@ typedef struct ans_loader_options {
     uint64_t mask_start;      /* only global rows [mask_start, mask_stop) are sampled */
     uint64_t mask_stop;       /* ANS_LOADER_MASK_END = all rows */
     int prefetch;             /* loads gathered ahead of the consumer, >= 1 (default 2) */
-    int threads;              /* threads gathering batches (a pool of the loader's own); 0 =
-                                 share the first store's decode pool. Reads always decode on
-                                 the stores' pools (ans_store_options.threads) */
+    int threads;              /* threads gathering dense or densified batches (a pool of the
+                                 loader's own); 0 = share the first store's decode pool. Reads
+                                 always decode on the stores' pools (ans_store_options.threads) */
     int densify;              /* nonzero: sparse rows come out as dense (rows x n_vars) arrays */
     ans_dtype out_dtype;      /* type of the values; ANS_DTYPE_INVALID keeps the stored type.
                                  Conversions (as by a C cast) from bool, integer and float32/64

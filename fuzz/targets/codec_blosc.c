@@ -1,5 +1,6 @@
 /* codec_blosc: ans_blosc_nbytes + ans_blosc_decode on a Blosc1 frame (the input), into a buffer of
- * exactly the claimed size and into one byte less (must fail); then an encode / decode round trip
+ * exactly the claimed size and into one byte less (must fail); ans_blosc_decode_range of its middle
+ * third (must equal the whole decode's bytes); then an encode / decode round trip
  * of the input bytes with parameters derived from the input. */
 #include "fuzz_common.h"
 
@@ -18,6 +19,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             fuzz_touch(dst, outlen);
         }
         if (nb > 0) FUZZ_CHECK(ans_blosc_decode(NULL, data, size, dst, nb - 1, &outlen) != ANS_OK);
+        if (nb > 1) {
+            /* a part: the middle third; where the whole frame decodes, it must agree */
+            size_t lo = nb / 3, hi = nb - nb / 3;
+            uint8_t *part = malloc(hi - lo), *whole = malloc(nb);
+            ans_buf scratch = {0};
+            FUZZ_CHECK(part && whole);
+            int prc = ans_blosc_decode_range(data, size, nb, lo, hi, part, &scratch);
+            if (prc == ANS_OK) {
+                fuzz_touch(part, hi - lo);
+                if (ans_blosc_decode(NULL, data, size, whole, nb, &outlen) == ANS_OK)
+                    FUZZ_CHECK(memcmp(part, whole + lo, hi - lo) == 0);
+            }
+            ans_buf_free(&scratch);
+            free(part);
+            free(whole);
+        }
         free(dst);
     } else {
         uint8_t *dst = malloc(4096);

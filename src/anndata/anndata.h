@@ -145,4 +145,17 @@ int ans_ad_element_read_ranges_into(ans_element *e, const ans_range *ranges, siz
                                     ans_dtype index_dtype, uint64_t indptr_base, void *data,
                                     void *indices, uint64_t *indptr, ans_range *scratch);
 
+/* Stored values per row of `ranges`' rows (CSR), in range order, into lens (one per row). */
+int ans_ad_element_row_lengths(ans_element *e, const ans_range *ranges, size_t n, uint64_t *lens);
+
+/* Scatter the rows of `ranges` (CSR, rows in range order numbered k = 0, 1, ...): row k's values
+ * go to data_dst[k] (converted by data_conv, or copied when NULL) and its column indices to
+ * idx_dst[k] as `index_dtype` (INT32 or INT64), each checked against n_vars (ANS_ECORRUPT naming
+ * the row). A NULL data_dst[k] skips row k. `scratch` holds 2 * rows segments. Nothing else is
+ * allocated per row; values and indices decode side by side on the store's pool, each chunk once.
+ * Safe to call from several threads on one element with distinct destinations. */
+int ans_ad_element_scatter_csr(ans_element *e, const ans_range *ranges, size_t n,
+                               void *const *data_dst, void *const *idx_dst,
+                               const ans_conv *data_conv, ans_dtype index_dtype, ans_seg *scratch);
+
 #endif

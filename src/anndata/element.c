@@ -70,26 +70,40 @@ static int is_int_dtype(ans_dtype dt)
  * processed front to back, so an in-place conversion is safe when dst <= src and
  * src - dst >= n * (size(ot) - size(st)) for widening, src == dst otherwise. Returns n, or the
  * index of the first value out of range. */
-#define CONV_S(S, O)                                                                               \
-    for (size_t i_ = 0; i_ < n; i_++) {                                                            \
-        S v_;                                                                                      \
-        memcpy(&v_, s8 + i_ * sizeof(S), sizeof(S));                                               \
-        int64_t w_ = (int64_t)v_;                                                                  \
-        if (w_ < 0 || (uint64_t)w_ >= lim) return i_;                                              \
-        O o_ = (O)w_;                                                                              \
-        memcpy(d8 + i_ * sizeof(O), &o_, sizeof(O));                                               \
+/* In blocks: the block's minimum and maximum in the stored type (vectorizes), then its
+ * conversion. The check reads every source value before anything of the block is written, so
+ * in-place conversions (conv_offset) stay correct. */
+#define CONV_BLOCK 1024
+#define CONV_LOOP(S, O, NEG)                                                                       \
+    for (size_t b_ = 0; b_ < n; b_ += CONV_BLOCK) {                                                \
+        size_t e_ = n - b_ < CONV_BLOCK ? n : b_ + CONV_BLOCK;                                     \
+        S mn_, mx_;                                                                                \
+        memcpy(&mn_, s8 + b_ * sizeof(S), sizeof(S));                                              \
+        mx_ = mn_;                                                                                 \
+        for (size_t i_ = b_; i_ < e_; i_++) {                                                      \
+            S v_;                                                                                  \
+            memcpy(&v_, s8 + i_ * sizeof(S), sizeof(S));                                           \
+            mn_ = v_ < mn_ ? v_ : mn_;                                                             \
+            mx_ = v_ > mx_ ? v_ : mx_;                                                             \
+        }                                                                                          \
+        if (NEG(mn_) | ((uint64_t)mx_ >= lim))                                                     \
+            for (size_t i_ = b_; i_ < e_; i_++) {                                                  \
+                S v_;                                                                              \
+                memcpy(&v_, s8 + i_ * sizeof(S), sizeof(S));                                       \
+                if (NEG(v_) | ((uint64_t)v_ >= lim)) return i_;                                    \
+            }                                                                                      \
+        for (size_t i_ = b_; i_ < e_; i_++) {                                                      \
+            S v_;                                                                                  \
+            memcpy(&v_, s8 + i_ * sizeof(S), sizeof(S));                                           \
+            O o_ = (O)v_;                                                                          \
+            memcpy(d8 + i_ * sizeof(O), &o_, sizeof(O));                                           \
+        }                                                                                          \
     }                                                                                              \
     return n;
-#define CONV_U(S, O)                                                                               \
-    for (size_t i_ = 0; i_ < n; i_++) {                                                            \
-        S v_;                                                                                      \
-        memcpy(&v_, s8 + i_ * sizeof(S), sizeof(S));                                               \
-        uint64_t w_ = (uint64_t)v_;                                                                \
-        if (w_ >= lim) return i_;                                                                  \
-        O o_ = (O)w_;                                                                              \
-        memcpy(d8 + i_ * sizeof(O), &o_, sizeof(O));                                               \
-    }                                                                                              \
-    return n;
+#define CONV_NEG(x) ((x) < 0)
+#define CONV_NONNEG(x) 0
+#define CONV_S(S, O) CONV_LOOP(S, O, CONV_NEG)
+#define CONV_U(S, O) CONV_LOOP(S, O, CONV_NONNEG)
 #define CONV_TO(O)                                                                                 \
     switch (st) {                                                                                  \
     case ANS_DTYPE_INT8: CONV_S(int8_t, O)                                                         \
@@ -116,6 +130,10 @@ static size_t conv_ints(const void *src, ans_dtype st, void *dst, ans_dtype ot, 
     }
 }
 
+#undef CONV_BLOCK
+#undef CONV_LOOP
+#undef CONV_NEG
+#undef CONV_NONNEG
 #undef CONV_S
 #undef CONV_U
 #undef CONV_TO
@@ -997,6 +1015,97 @@ int ans_ad_element_read_ranges_into(ans_element *e, const ans_range *ranges, siz
         return ans_ad_err(e->core, ANS_ECORRUPT, e->key,
                           "a column index outside [0, %llu) in the %zu-th requested row",
                           (unsigned long long)e->n_minor, a);
+    }
+    return ANS_OK;
+}
+
+/* ---- scattering rows to their destinations (the loader) ------------------------------------- */
+
+int ans_ad_element_row_lengths(ans_element *e, const ans_range *ranges, size_t n, uint64_t *lens)
+{
+    uint64_t rows = 0;
+    if (e->format != ANS_FORMAT_CSR)
+        return ans_ad_err(e->core, ANS_EUNSUPPORTED, e->key, "row lengths need a CSR matrix");
+    ANS_TRY(ranges_in_bounds(e, ranges, n, &rows));
+    const uint64_t *ptr;
+    ANS_TRY(element_ptr(e, &ptr));
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        for (uint64_t q = 0; q < ranges[i].count; q++, k++) {
+            uint64_t r = ranges[i].start + q;
+            lens[k] = ptr[r + 1] - ptr[r];
+        }
+    return ANS_OK;
+}
+
+typedef struct idx_conv_ctx {
+    ans_dtype st, ot;
+    uint64_t lim;
+} idx_conv_ctx;
+
+static size_t idx_conv_fn(void *dst, const void *src, size_t n, const void *ctx)
+{
+    const idx_conv_ctx *c = ctx;
+    return conv_ints(src, c->st, dst, c->ot, n, c->lim);
+}
+
+typedef struct scatter_job {
+    ans_element *e;
+    const ans_seg *dsegs, *isegs;
+    size_t nsegs;
+    const ans_conv *dconv, *iconv;
+    size_t dbad, ibad;
+} scatter_job;
+
+static int scatter_job_fn(void *ctx, size_t i, int slot)
+{
+    (void)slot;
+    scatter_job *j = ctx;
+    if (i == 0) return ans_array_read_segs(j->e->data, j->dsegs, j->nsegs, j->dconv, &j->dbad);
+    return ans_array_read_segs(j->e->indices, j->isegs, j->nsegs, j->iconv, &j->ibad);
+}
+
+int ans_ad_element_scatter_csr(ans_element *e, const ans_range *ranges, size_t n,
+                               void *const *data_dst, void *const *idx_dst,
+                               const ans_conv *data_conv, ans_dtype index_dtype, ans_seg *scratch)
+{
+    uint64_t rows = 0;
+    if (e->format != ANS_FORMAT_CSR)
+        return ans_ad_err(e->core, ANS_EUNSUPPORTED, e->key,
+                          "only a CSR matrix can be scattered by rows");
+    ANS_TRY(ranges_in_bounds(e, ranges, n, &rows));
+    int wide = index_dtype == ANS_DTYPE_INT64;
+    if (!wide && e->n_minor > (uint64_t)INT32_MAX + 1)
+        return ans_ad_err(e->core, ANS_EINVAL, e->key, "int32 indices cannot hold %llu columns",
+                          (unsigned long long)e->n_minor);
+    const uint64_t *ptr;
+    ANS_TRY(element_ptr(e, &ptr));
+    ans_seg *dsegs = scratch, *isegs = scratch + rows;
+    size_t ns = 0, k = 0;
+    for (size_t i = 0; i < n; i++)
+        for (uint64_t q = 0; q < ranges[i].count; q++, k++) {
+            uint64_t r = ranges[i].start + q, a = ptr[r], c = ptr[r + 1] - a;
+            if (!data_dst[k] || c == 0) continue;
+            dsegs[ns] = (ans_seg){a, c, data_dst[k]};
+            isegs[ns] = (ans_seg){a, c, idx_dst[k]};
+            ns++;
+        }
+    if (ns == 0) return ANS_OK;
+    idx_conv_ctx ic = {e->indices->dtype, wide ? ANS_DTYPE_INT64 : ANS_DTYPE_INT32, e->n_minor};
+    ans_conv iconv = {idx_conv_fn, &ic, wide ? 8 : 4};
+    scatter_job job = {e, dsegs, isegs, ns, data_conv, &iconv, SIZE_MAX, SIZE_MAX};
+    ANS_TRY(ans_pool_for(e->core->pool, 2, scatter_job_fn, &job));
+    if (job.dbad != SIZE_MAX)
+        return ans_ad_err(e->core, ANS_ECORRUPT, e->key,
+                          "a value cannot be converted to the requested dtype");
+    if (job.ibad != SIZE_MAX) {
+        /* the requested row whose indices start at that segment's destination */
+        void *at = isegs[job.ibad].dst;
+        size_t row = 0;
+        while (row < (size_t)rows && !(data_dst[row] && idx_dst[row] == at)) row++;
+        return ans_ad_err(e->core, ANS_ECORRUPT, e->key,
+                          "a column index outside [0, %llu) in the %zu-th requested row",
+                          (unsigned long long)e->n_minor, row);
     }
     return ANS_OK;
 }

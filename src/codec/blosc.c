@@ -9,6 +9,7 @@
 #include "common/error.h"
 
 #include <blosc.h>
+#include <lz4.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <string.h>
@@ -197,6 +198,120 @@ int ans_blosc_decode(ans_codec_ctx *ctx, const void *src, size_t srclen, void *d
                        "blosc: %s data is corrupt (c-blosc returned %d, expected %" PRIu32 ")",
                        codec_names[h.flags >> 5], r, h.nbytes);
     *outlen = h.nbytes;
+    return ANS_OK;
+}
+
+/* Undo c-blosc's byte shuffle of one block: byte t of item i was stored at t * n + i (n = items in
+ * the block); the bytes after the last whole item were stored as they are. */
+static void unshuffle(size_t ts, size_t bsize, const uint8_t *restrict src, uint8_t *restrict dst)
+{
+    size_t n = bsize / ts;
+    if (ts == 4) {
+        const uint8_t *s0 = src, *s1 = src + n, *s2 = src + 2 * n, *s3 = src + 3 * n;
+        for (size_t i = 0; i < n; i++) {
+            dst[4 * i] = s0[i];
+            dst[4 * i + 1] = s1[i];
+            dst[4 * i + 2] = s2[i];
+            dst[4 * i + 3] = s3[i];
+        }
+    } else if (ts == 2) {
+        const uint8_t *s0 = src, *s1 = src + n;
+        for (size_t i = 0; i < n; i++) {
+            dst[2 * i] = s0[i];
+            dst[2 * i + 1] = s1[i];
+        }
+    } else {
+        for (size_t t = 0; t < ts; t++) {
+            const uint8_t *st = src + t * n;
+            for (size_t i = 0; i < n; i++) dst[i * ts + t] = st[i];
+        }
+    }
+    memcpy(dst + n * ts, src + n * ts, bsize - n * ts);
+}
+
+/* Block j of a validated LZ4 frame (byte shuffle or none) into dst (the block's size), as c-blosc
+ * decodes it: its streams (one, or typesize when split) are raw when their compressed size equals
+ * their decoded size, else LZ4 blocks; then unshuffled. `tmp` holds a block when shuffled. */
+static int lz4_block(const uint8_t *s, const blosc_hdr *h, uint32_t j, uint32_t nblocks,
+                     uint8_t *dst, uint8_t *tmp)
+{
+    uint32_t leftover = h->nbytes % h->blocksize;
+    int partial = j == nblocks - 1 && leftover > 0;
+    uint32_t bsize = partial ? leftover : h->blocksize;
+    int dont_split = (h->flags & FLAG_DONT_SPLIT) != 0;
+    uint32_t nsplits = !dont_split && !partial && h->typesize <= MAX_SPLITS &&
+                               bsize / h->typesize >= MIN_BUFFERSIZE
+                           ? h->typesize
+                           : 1;
+    int shuffled = (h->flags & BLOSC_DOSHUFFLE) && h->typesize > 1;
+    uint8_t *out = shuffled ? tmp : dst;
+    uint32_t neblock = bsize / nsplits;
+    uint64_t pos = rd32(s + HDR + 4 * (size_t)j); /* check_blocks: streams lie in the frame */
+    for (uint32_t k = 0; k < nsplits; k++) {
+        uint32_t csize = rd32(s + pos);
+        pos += 4;
+        if (csize == neblock) {
+            memcpy(out + (size_t)k * neblock, s + pos, neblock);
+        } else {
+            int r = LZ4_decompress_safe((const char *)s + pos, (char *)out + (size_t)k * neblock,
+                                        (int)csize, (int)neblock);
+            if (r != (int)neblock)
+                return ans_err(ANS_ECORRUPT,
+                               "blosc: lz4 data of block %" PRIu32 " is corrupt (decoded %d of "
+                               "%" PRIu32 " bytes)",
+                               j, r, neblock);
+        }
+        pos += csize;
+    }
+    if (shuffled) unshuffle(h->typesize, bsize, tmp, dst);
+    return ANS_OK;
+}
+
+int ans_blosc_decode_range(const void *src, size_t srclen, size_t nbytes, size_t lo, size_t hi,
+                           void *dst, ans_buf *scratch)
+{
+    blosc_hdr h = {0};
+    ANS_TRY(blosc_validate(src, srclen, &h));
+    if (h.nbytes != nbytes)
+        return ans_err(ANS_ECORRUPT, "blosc: frame decodes to %" PRIu32 " bytes, expected %zu",
+                       h.nbytes, nbytes);
+    if (lo >= hi || hi > nbytes)
+        return ans_err(ANS_EINVAL, "blosc: bytes [%zu, %zu) are not inside the %zu decoded", lo,
+                       hi, nbytes);
+    const uint8_t *s = src;
+    if (h.flags & BLOSC_MEMCPYED) {
+        memcpy(dst, s + HDR + lo, hi - lo);
+        return ANS_OK;
+    }
+    uint32_t bs = h.blocksize;
+    uint32_t nblocks = h.nbytes / bs + (h.nbytes % bs != 0);
+    uint32_t first = (uint32_t)(lo / bs), last = (uint32_t)((hi - 1) / bs);
+    if (first == 0 && last == nblocks - 1) return ANS_EUNSUPPORTED;
+    if ((h.flags >> 5) != 1 || (h.flags & BLOSC_DOBITSHUFFLE)) {
+        /* Other codecs and bit shuffle: c-blosc's own partial decoder (it allocates per call). */
+        size_t ts = h.typesize;
+        if (lo % ts != 0 || hi % ts != 0) return ANS_EUNSUPPORTED;
+        /* Sizes fit an int: nbytes <= BLOSC_MAX_BUFFERSIZE (validated). */
+        int r = blosc_getitem(src, (int)(lo / ts), (int)((hi - lo) / ts), dst);
+        if (r < 0 || (size_t)r != hi - lo)
+            return ans_err(ANS_ECORRUPT,
+                           "blosc: %s data is corrupt (c-blosc returned %d, expected %zu)",
+                           codec_names[h.flags >> 5], r, hi - lo);
+        return ANS_OK;
+    }
+    ANS_TRY(ans_buf_reserve(scratch, 2 * (size_t)bs));
+    uint8_t *tmp = scratch->data, *whole = scratch->data + bs;
+    uint8_t *out = dst;
+    for (uint32_t j = first; j <= last; j++) {
+        size_t b0 = (size_t)j * bs, b1 = b0 + bs < h.nbytes ? b0 + bs : h.nbytes;
+        size_t a = b0 > lo ? b0 : lo, e = b1 < hi ? b1 : hi;
+        if (a == b0 && e == b1) { /* the whole block is wanted: decode it in place */
+            ANS_TRY(lz4_block(s, &h, j, nblocks, out + (b0 - lo), tmp));
+        } else {
+            ANS_TRY(lz4_block(s, &h, j, nblocks, whole, tmp));
+            memcpy(out + (a - lo), whole + (a - b0), e - a);
+        }
+    }
     return ANS_OK;
 }
 

@@ -40,6 +40,14 @@ int ans_codec_ctx_inflate(ans_codec_ctx *ctx, int window_bits, struct z_stream_s
  * ANS_EUNSUPPORTED for a codec c-blosc was built without, or a Blosc2 chunk (versions 3-5). */
 int ans_blosc_decode(ans_codec_ctx *ctx, const void *src, size_t srclen, void *dst, size_t dstcap,
                      size_t *outlen);
+/* Bytes [lo, hi) of a frame that decodes to exactly `nbytes`, into `dst` (hi - lo bytes), decoding
+ * only the blocks that hold them, after the same validation as ans_blosc_decode. LZ4 frames with
+ * byte or no shuffle are decoded block by block here (scratch grows to two blocks, reused); other
+ * codecs through blosc_getitem. ANS_EUNSUPPORTED without a message when decoding a part gains
+ * nothing or is not possible (every block is needed, or, for getitem, lo/hi are not multiples of
+ * the frame's typesize): decode the whole frame instead. */
+int ans_blosc_decode_range(const void *src, size_t srclen, size_t nbytes, size_t lo, size_t hi,
+                           void *dst, ans_buf *scratch);
 /* Uncompressed size of a blosc frame, after the same validation as ans_blosc_decode. */
 int ans_blosc_nbytes(const void *src, size_t srclen, size_t *nbytes);
 

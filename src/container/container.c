@@ -95,6 +95,61 @@ int ans_array_check_ranges(const ans_array *a, const ans_range *ranges, size_t n
     return ANS_OK;
 }
 
+int ans_array_read_segs(ans_array *a, const ans_seg *segs, size_t nsegs, const ans_conv *conv,
+                        size_t *bad)
+{
+    *bad = SIZE_MAX;
+    if (a->dtype == ANS_DTYPE_STRING)
+        return ans_err(ANS_EINVAL, "array '%s' holds strings", a->path);
+    if (a->ops->read_segs) return a->ops->read_segs(a, segs, nsegs, conv, bad);
+    return ans_array_read_segs_copy(a, segs, nsegs, conv, bad);
+}
+
+int ans_array_read_segs_copy(ans_array *a, const ans_seg *segs, size_t nsegs,
+                             const ans_conv *conv, size_t *bad)
+{
+    *bad = SIZE_MAX;
+    if (nsegs == 0) return ANS_OK;
+    /* Fallback: one read of every segment into a temporary buffer, then copy out. */
+    uint64_t rows = 0, bytes;
+    ans_range *ranges = ans_malloc(nsegs * sizeof *ranges);
+    if (!ranges) return ANS_ENOMEM;
+    for (size_t i = 0; i < nsegs; i++) {
+        ranges[i] = (ans_range){segs[i].start, segs[i].count};
+        if (ans_add_overflow(rows, segs[i].count, &rows)) {
+            free(ranges);
+            return ans_err(ANS_EINVAL, "array '%s': too many rows requested", a->path);
+        }
+    }
+    if (ans_mul_overflow(rows, a->row_bytes, &bytes) || bytes > SIZE_MAX) {
+        free(ranges);
+        return ans_err(ANS_ENOMEM, "array '%s': %llu rows are too many to read at once", a->path,
+                       (unsigned long long)rows);
+    }
+    unsigned char *tmp = ans_malloc(bytes ? (size_t)bytes : 1);
+    int rc = tmp ? a->ops->read(a, ranges, nsegs, tmp) : ANS_ENOMEM;
+    free(ranges);
+    if (rc < 0) {
+        free(tmp);
+        return rc;
+    }
+    size_t row_vals = a->itemsize ? (size_t)(a->row_bytes / a->itemsize) : 0;
+    const unsigned char *src = tmp;
+    for (size_t i = 0; i < nsegs; i++) {
+        size_t n = (size_t)segs[i].count;
+        if (conv) {
+            if (*bad == SIZE_MAX && conv->fn(segs[i].dst, src, n * row_vals, conv->ctx) !=
+                                        n * row_vals)
+                *bad = i;
+        } else if (n) {
+            memcpy(segs[i].dst, src, n * (size_t)a->row_bytes);
+        }
+        src += n * (size_t)a->row_bytes;
+    }
+    free(tmp);
+    return ANS_OK;
+}
+
 int ans_array_read_all(ans_array *a, void **out, size_t *nbytes)
 {
     *out = NULL;

@@ -52,6 +52,21 @@ struct ans_container {
     ans_pool *pool;         /* borrowed from the store: decode threads */
 };
 
+/* A destination for rows [start, start + count) of an array (ans_array_read_segs). */
+typedef struct ans_seg {
+    uint64_t start, count;
+    void *dst;
+} ans_seg;
+
+/* How ans_array_read_segs turns stored values into destination values: fn converts n values from
+ * src (the array's dtype) to dst (dst_size bytes each) and returns n, or the position of the first
+ * value it rejects (the rest of that segment is then unspecified). */
+typedef struct ans_conv {
+    size_t (*fn)(void *dst, const void *src, size_t n, const void *ctx);
+    const void *ctx;
+    size_t dst_size;
+} ans_conv;
+
 struct ans_array_ops {
     /* Read the rows of every range, concatenated in range order, into `out` (C order, native byte
      * order, `row_bytes` bytes per row). Ranges may overlap, repeat and come in any order; each chunk
@@ -67,6 +82,12 @@ struct ans_array_ops {
      * (array of names/configs), "stored_bytes" (bytes on disk), "nbytes" (uncompressed). */
     int (*describe)(ans_array *a, ans_json *obj);
     void (*free)(ans_array *a);
+    /* Optional (NULL: ans_array_read_segs reads into a temporary buffer, then copies): rows of
+     * each segment straight into its `dst`, converted by `conv` (NULL: copied as stored). Each
+     * chunk needed is decoded once per call, chunks in parallel. *bad: the first segment whose
+     * conversion rejected a value, or SIZE_MAX. */
+    int (*read_segs)(ans_array *a, const ans_seg *segs, size_t nsegs, const ans_conv *conv,
+                     size_t *bad);
 };
 
 struct ans_array {
@@ -102,6 +123,14 @@ int ans_array_init_shape(ans_array *a, int ndim, const uint64_t *shape, ans_dtyp
 /* Check that ranges lie within shape[0] (ANS_EINVAL naming the array) and return the total rows. */
 int ans_array_check_ranges(const ans_array *a, const ans_range *ranges, size_t nranges,
                            uint64_t *total_rows);
+/* Scatter rows of an array to per-segment destinations: ops->read_segs when the backend has it,
+ * else a read into a temporary buffer and a copy. Segments may come in any order and overlap.
+ * *bad as for read_segs; the call itself still returns ANS_OK when a value was rejected. */
+int ans_array_read_segs(ans_array *a, const ans_seg *segs, size_t nsegs, const ans_conv *conv,
+                        size_t *bad);
+/* The fallback of ans_array_read_segs: ops->read into a temporary buffer, then copy. */
+int ans_array_read_segs_copy(ans_array *a, const ans_seg *segs, size_t nsegs,
+                             const ans_conv *conv, size_t *bad);
 /* Convenience: read the whole array (allocates `*out` with ans_malloc; *nbytes set). */
 int ans_array_read_all(ans_array *a, void **out, size_t *nbytes);
 

@@ -2443,6 +2443,7 @@ static const struct ans_array_ops h5_array_ops = {
     h5_read_strings,
     h5_describe,
     h5_array_free,
+    NULL, /* read_segs: the generic read-then-copy path */
 };
 
 static const struct ans_container_ops h5_container_ops = {

@@ -204,6 +204,7 @@ struct ans_loader {
     ans_dtype load_idx; /* index type of the load buffer: INT32 when n_vars fits */
     int densify, return_index;
     int custom;         /* plans come from ans_loader_push_plan */
+    int direct;         /* CSR batches: rows decoded straight into the batch slots */
     uint64_t prefetch;
     uint64_t ahead_cap; /* prefetch * batches per load (sampler mode) */
     ans_pool *own_pool; /* threads > 0 */
@@ -220,6 +221,8 @@ struct ans_loader {
     const ans_load_plan *cur;  /* the plan being executed (&plan or a pushed one) */
     lbuf pieces, sranges, scratch, pos2row, pos2glob, group;
     lbuf ldata, lidx, lptr;
+    lbuf lens, ddst, idst, segs, sbase, dups; /* direct mode */
+    size_t ndups;
     uint64_t *store_n;   /* ranges per store (nstores) */
     uint64_t *store_pos; /* fill cursor per store (nstores) */
     ans_ad_read_size *store_sz; /* sizes of each store's part of the load (nstores) */
@@ -427,11 +430,12 @@ static size_t store_of(const ans_loader *l, uint64_t g)
     return a;
 }
 
-/* Read the rows of the current plan into the load buffer (steps 2 and 3 of loader.h). */
-static int read_load(ans_loader *l)
+/* Step 2 of loader.h: split the plan's ranges at store boundaries into pieces (plan order) and
+ * group them by store into sranges (store after store, plan order within a store); store_n[s]
+ * counts store s's ranges. */
+static int plan_pieces(ans_loader *l, size_t *np_out)
 {
     const ans_load_plan *plan = l->cur;
-    /* pieces */
     size_t np = 0;
     for (size_t i = 0; i < plan->n_ranges; i++) {
         uint64_t g = plan->ranges[i].start, c = plan->ranges[i].count;
@@ -474,6 +478,18 @@ static int read_load(ans_loader *l)
     }
     for (size_t i = 0; i < np; i++) sr[first_range[pc[i].store]++] = (ans_range){pc[i].local,
                                                                                  pc[i].count};
+    *np_out = np;
+    return ANS_OK;
+}
+
+/* Read the rows of the current plan into the load buffer (steps 2 and 3 of loader.h). */
+static int read_load(ans_loader *l)
+{
+    const ans_load_plan *plan = l->cur;
+    size_t np;
+    ANS_TRY(plan_pieces(l, &np));
+    piece *pc = l->pieces.p;
+    ans_range *sr = l->sranges.p;
     /* sizes, and each store's segment of the load buffer */
     int lwide = l->load_idx == ANS_DTYPE_INT64;
     size_t lsz = lwide ? 8 : 4;
@@ -535,9 +551,200 @@ static int read_load(ans_loader *l)
     return ANS_OK;
 }
 
+static size_t cast_conv_fn(void *dst, const void *src, size_t n, const void *ctx)
+{
+    const ans_loader *l = ctx;
+    return ans_loader_cast(dst, l->out_dtype, src, l->in_dtype, NULL, 0, n) == 0 ? n : 0;
+}
+
+/* A second destination of a load row (custom plans may emit a row more than once). */
+typedef struct dup_row {
+    uint64_t row;
+    void *data, *indices;
+} dup_row;
+
+/* Lay out batch b (batch j of the plan) for its rows and point each of its rows' destinations into
+ * it (step 3 of the direct mode in loader.h). */
+static int layout_batch(ans_loader *l, ans_batch *b, size_t j, int wide)
+{
+    const ans_load_plan *plan = l->cur;
+    uint64_t lo = plan->batch_bounds[j], hi = plan->batch_bounds[j + 1], n = hi - lo;
+    const uint64_t *order = plan->order + lo;
+    const uint64_t *p2r = l->pos2row.p, *lens = l->lens.p;
+    void **ddst = l->ddst.p, **idst = l->idst.p;
+    b->epoch = l->params.epoch;
+    b->index = plan->first_batch + j;
+    b->ndim = 2;
+    b->shape[0] = n;
+    b->shape[1] = l->shape[1];
+    b->dtype = l->out_dtype;
+    b->format = ANS_FORMAT_CSR;
+    b->has_rows = l->return_index;
+    if (l->return_index) {
+        ANS_TRY(lbuf_reserve_n(&b->rows, n ? n : 1, 8));
+        const uint64_t *p2g = l->pos2glob.p;
+        uint64_t *rows = b->rows.p;
+        for (uint64_t q = 0; q < n; q++) rows[q] = p2g[order[q]];
+    }
+    uint64_t nnz = 0;
+    for (uint64_t q = 0; q < n; q++) nnz += lens[p2r[order[q]]];
+    size_t isz = wide ? 8 : 4;
+    ANS_TRY(lbuf_reserve_n(&b->data, nnz ? nnz : 1, l->out_size));
+    ANS_TRY(lbuf_reserve_n(&b->indices, nnz ? nnz : 1, isz));
+    ANS_TRY(lbuf_reserve_n(&b->indptr, n + 1, isz));
+    b->nnz = nnz;
+    b->index_dtype = wide ? ANS_DTYPE_INT64 : ANS_DTYPE_INT32;
+    unsigned char *dd = b->data.p, *di = b->indices.p;
+    uint64_t cum = 0;
+    for (uint64_t q = 0; q < n; q++) {
+        uint64_t r = p2r[order[q]];
+        if (wide)
+            ((int64_t *)b->indptr.p)[q] = (int64_t)cum;
+        else
+            ((int32_t *)b->indptr.p)[q] = (int32_t)cum;
+        if (ddst[r]) { /* a row the plan emits twice: copied once decoded */
+            ANS_TRY(lbuf_reserve_n(&l->dups, l->ndups + 1, sizeof(dup_row)));
+            ((dup_row *)l->dups.p)[l->ndups++] = (dup_row){r, dd + cum * l->out_size,
+                                                           di + cum * isz};
+        } else {
+            ddst[r] = dd + cum * l->out_size;
+            idst[r] = di + cum * isz;
+        }
+        cum += lens[r];
+    }
+    if (wide)
+        ((int64_t *)b->indptr.p)[n] = (int64_t)cum;
+    else
+        ((int32_t *)b->indptr.p)[n] = (int32_t)cum;
+    return ANS_OK;
+}
+
+/* Direct mode (CSR batches, not densified): take the slots of every batch of the load from `skip`
+ * on, lay them out from the row lengths, then decode every row straight into its batch slot. */
+static int produce_direct(ans_loader *l, uint64_t skip)
+{
+    const ans_load_plan *plan = l->cur;
+    size_t np;
+    ANS_TRY(plan_pieces(l, &np));
+    const piece *pc = l->pieces.p;
+    const ans_range *sr = l->sranges.p;
+    uint64_t rows = plan->n_rows;
+    ANS_TRY(lbuf_reserve_n(&l->lens, rows ? rows : 1, 8));
+    ANS_TRY(lbuf_reserve_n(&l->pos2row, rows ? rows : 1, 8));
+    ANS_TRY(lbuf_reserve_n(&l->ddst, rows ? rows : 1, sizeof(void *)));
+    ANS_TRY(lbuf_reserve_n(&l->idst, rows ? rows : 1, sizeof(void *)));
+    ANS_TRY(lbuf_reserve_n(&l->segs, rows ? 2 * rows : 1, sizeof(ans_seg)));
+    ANS_TRY(lbuf_reserve_n(&l->sbase, l->nstores + 1, 8));
+    if (l->return_index) ANS_TRY(lbuf_reserve_n(&l->pos2glob, rows ? rows : 1, 8));
+    uint64_t *lens = l->lens.p, *base = l->sbase.p;
+    /* row lengths, store after store (the order of sranges) */
+    uint64_t acc = 0, rng0 = 0;
+    for (size_t s = 0; s < l->nstores; s++) {
+        base[s] = acc;
+        if (l->store_n[s] == 0) continue;
+        ANS_TRY(ans_ad_element_row_lengths(l->els[s], sr + rng0, (size_t)l->store_n[s],
+                                           lens + acc));
+        for (uint64_t i = 0; i < l->store_n[s]; i++) acc += sr[rng0 + i].count;
+        rng0 += l->store_n[s];
+    }
+    base[l->nstores] = acc;
+    if (acc != rows)
+        return ans_err(ANS_EGENERIC, "loader: load %llu has %llu rows, its plan %llu",
+                       (unsigned long long)plan->load, (unsigned long long)acc,
+                       (unsigned long long)rows);
+    /* where each load position lives in that order */
+    uint64_t *cursor = l->store_pos;
+    for (size_t s = 0; s < l->nstores; s++) cursor[s] = base[s];
+    uint64_t *p2r = l->pos2row.p, *p2g = l->return_index ? l->pos2glob.p : NULL;
+    for (size_t i = 0; i < np; i++) {
+        uint64_t br = cursor[pc[i].store];
+        cursor[pc[i].store] += pc[i].count;
+        for (uint64_t q = 0; q < pc[i].count; q++) {
+            p2r[pc[i].load_pos + q] = br + q;
+            if (p2g) p2g[pc[i].load_pos + q] = pc[i].global + q;
+        }
+    }
+
+    /* the slots: all of the load's remaining batches at once */
+    size_t nb = plan->n_batches;
+    if (skip >= nb) return ANS_OK;
+    size_t need = nb - (size_t)skip;
+    uint64_t cap = l->custom ? (l->prefetch + 1) * nb : l->ahead_cap;
+    ANS_TRY(lbuf_reserve_n(&l->group, need, sizeof(ans_batch *)));
+    ans_batch **slots = l->group.p;
+    pthread_mutex_lock(&l->mu);
+    while (!l->stop && l->ahead > 0 && l->ahead + need > cap)
+        pthread_cond_wait(&l->cv_space, &l->mu);
+    if (l->stop) {
+        pthread_mutex_unlock(&l->mu);
+        return STOPPED;
+    }
+    size_t got = 0;
+    while (got < need && (slots[got] = slot_take(l)) != NULL) got++;
+    l->ahead += got;
+    pthread_mutex_unlock(&l->mu);
+
+    int rc = got < need ? ans_err(ANS_ENOMEM, "loader: cannot allocate a batch") : ANS_OK;
+    if (rc == ANS_OK) {
+        /* rows of skipped batches keep a NULL destination: they are not decoded */
+        memset(l->ddst.p, 0, (size_t)rows * sizeof(void *));
+        l->ndups = 0;
+        /* int64 indices for the whole load when n_vars or a batch's nnz needs them */
+        int wide = l->load_idx == ANS_DTYPE_INT64;
+        for (size_t j = (size_t)skip; j < nb && !wide; j++) {
+            uint64_t nnz = 0;
+            for (uint64_t q = plan->batch_bounds[j]; q < plan->batch_bounds[j + 1]; q++)
+                nnz += lens[p2r[plan->order[q]]];
+            if (nnz > INT32_MAX) wide = 1;
+        }
+        for (size_t j = (size_t)skip; j < nb && rc == ANS_OK; j++)
+            rc = layout_batch(l, slots[j - (size_t)skip], j, wide);
+        ans_conv conv = {cast_conv_fn, l, l->out_size};
+        const ans_conv *cv = l->out_dtype == l->in_dtype ? NULL : &conv;
+        rng0 = 0;
+        for (size_t s = 0; s < l->nstores && rc == ANS_OK; s++) {
+            if (l->store_n[s] == 0) continue;
+            rc = ans_ad_element_scatter_csr(l->els[s], sr + rng0, (size_t)l->store_n[s],
+                                            (void *const *)l->ddst.p + base[s],
+                                            (void *const *)l->idst.p + base[s], cv,
+                                            wide ? ANS_DTYPE_INT64 : ANS_DTYPE_INT32, l->segs.p);
+            rng0 += l->store_n[s];
+        }
+        const dup_row *dup = l->dups.p;
+        size_t isz = wide ? 8 : 4;
+        for (size_t k = 0; k < l->ndups && rc == ANS_OK; k++) {
+            const void **dsrc = (const void **)l->ddst.p, **isrc = (const void **)l->idst.p;
+            size_t c = (size_t)lens[dup[k].row];
+            if (c == 0) continue;
+            memcpy(dup[k].data, dsrc[dup[k].row], c * l->out_size);
+            memcpy(dup[k].indices, isrc[dup[k].row], c * isz);
+        }
+    }
+    pthread_mutex_lock(&l->mu);
+    if (rc < 0 || l->stop) {
+        for (size_t q = 0; q < got; q++) slot_put(l, slots[q]);
+        l->ahead -= got;
+        pthread_cond_broadcast(&l->cv_space);
+        pthread_mutex_unlock(&l->mu);
+        return rc < 0 ? rc : STOPPED;
+    }
+    for (size_t q = 0; q < need; q++) {
+        slots[q]->state = SLOT_QUEUED;
+        if (l->ready_tail)
+            l->ready_tail->next = slots[q];
+        else
+            l->ready_head = slots[q];
+        l->ready_tail = slots[q];
+    }
+    pthread_cond_broadcast(&l->cv_ready);
+    pthread_mutex_unlock(&l->mu);
+    return ANS_OK;
+}
+
 /* Execute l->cur from its batch `skip` on. ANS_OK, STOPPED or an error. */
 static int produce_plan(ans_loader *l, uint64_t skip)
 {
+    if (l->direct) return produce_direct(l, skip);
     ANS_TRY(read_load(l));
     size_t nb = l->cur->n_batches;
     uint64_t cap = l->custom ? l->prefetch * (nb ? nb : 1) : l->ahead_cap;
@@ -894,6 +1101,9 @@ int ans_loader_new(ans_loader **out, ans_store *const *stores, size_t nstores,
     }
     if (l->format == ANS_FORMAT_CSR) {
         l->load_idx = l->shape[1] <= (uint64_t)INT32_MAX ? ANS_DTYPE_INT32 : ANS_DTYPE_INT64;
+        /* No load buffer in direct mode: one more load of batch slots in its place. */
+        l->direct = !l->densify;
+        if (l->direct) l->ahead_cap += l->ahead_cap / (uint64_t)o->prefetch;
         if (l->densify) {
             l->ndim = 2;
         }
@@ -946,6 +1156,12 @@ void ans_loader_free(ans_loader *l)
     lbuf_free(&l->ldata);
     lbuf_free(&l->lidx);
     lbuf_free(&l->lptr);
+    lbuf_free(&l->lens);
+    lbuf_free(&l->ddst);
+    lbuf_free(&l->idst);
+    lbuf_free(&l->segs);
+    lbuf_free(&l->sbase);
+    lbuf_free(&l->dups);
     ans_pool_free(l->own_pool);
     if (l->core) ans_ad_core_unref(l->core);
     if (!same_process) {

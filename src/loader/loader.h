@@ -19,13 +19,22 @@
  *      indices, indptr; dense: rows; densify: a zeroed rows x n_vars array the CSR values are
  *      scattered into), converting values to out_dtype;
  *   5. the group is appended to the ready queue in batch order.
+ *   Direct mode (CSR batches, not densified: l->direct) replaces steps 3-5: the row lengths come
+ *   from the cached indptr (ans_ad_element_row_lengths); the slots of all the load's remaining
+ *   batches are taken at once (waiting for room); each batch is laid out (indptr, nnz, buffers)
+ *   and every load row gets the address of its place in its batch; then ONE
+ *   ans_ad_element_scatter_csr per store decodes each row straight there (values converted,
+ *   indices widened and checked on the way), each chunk once, on the store's pool. Rows of
+ *   skipped batches (seek) are not decoded; a row a custom plan emits twice is copied afterwards.
+ *   There is no load buffer, so the queue may hold (prefetch + 1) loads of batches instead.
  * - Custom plans (custom_plans = 1): instead of computing plans, the producer pops plans pushed by
  *   ans_loader_push_plan (copied into recycled plan_node's, validated with
  *   ans_load_plan_validate) and executes them in push order; it waits on cv_space for the next
  *   plan and finishes the epoch after ans_loader_end_plans once the queue is empty.
- * - Back-pressure: at most prefetch * batches_per_load batches are queued or being gathered
- *   ("ahead"); the producer waits on cv_space when that many are ahead. Reading the next load does
- *   not wait, so I/O of load k+1 overlaps the consumption of load k.
+ * - Back-pressure: at most prefetch * batches_per_load batches ((prefetch + 1) * batches_per_load
+ *   in direct mode) are queued or being filled ("ahead"); the producer waits on cv_space when that
+ *   many are ahead. Reading the next load does not wait (direct mode: its slots fit while the
+ *   consumer still takes load k), so I/O of load k+1 overlaps the consumption of load k.
  * - Slots (struct ans_batch with grow-only buffers) are taken from a free list; a new one is made
  *   only when the free list is empty (every slot queued, filling or held). Held slots belong to the
  *   consumer until ans_batch_release.

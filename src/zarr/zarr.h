@@ -133,6 +133,11 @@ int ans_zchain_parse_v2(ans_zchain *ch, const ans_json *compressor, const ans_js
 int ans_zchain_decode(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
                       uint8_t *dst, const uint8_t **result);
 /* Undo the bytes->bytes stages only (for vlen units): *out / *outlen point into ws buffers or src. */
+/* Bytes [lo, hi) of a decoded unit; *result points at byte lo (in ws, valid until its next use).
+ * A unit whose only stage is blosc (no transpose or byte swap) decodes just the blocks holding
+ * them; any other unit is decoded whole. */
+int ans_zchain_decode_range(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
+                            uint64_t lo, uint64_t hi, const uint8_t **result);
 int ans_zchain_decode_bytes(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
                             const uint8_t **out, size_t *outlen);
 

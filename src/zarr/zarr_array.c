@@ -253,7 +253,9 @@ typedef struct zpiece {
     uint64_t u0;  /* unit row */
     uint64_t r0;  /* first row within the unit */
     uint64_t n;   /* rows */
-    uint64_t dst; /* first output row */
+    uint64_t dst; /* first output row (za_read; block_copy) */
+    uint8_t *dptr; /* where its first row goes (whole-row units) */
+    size_t seg;    /* the segment it belongs to (read_segs) */
 } zpiece;
 
 typedef struct zurow {
@@ -278,6 +280,9 @@ typedef struct zrun {
 typedef struct zread {
     ans_zarray *za;
     uint8_t *out;
+    const ans_conv *conv; /* read_segs: NULL copies */
+    pthread_mutex_t *bad_mu;
+    size_t bad; /* first segment with a rejected value */
     int fullrows; /* units span whole output rows (1-D, or unit == shape along axes >= 1) */
     const zpiece *pieces;
     const zurow *urows;
@@ -345,24 +350,55 @@ static int rd_unit(zread *rd, ans_zws *ws, const zjob *job, const uint8_t *src, 
     uint64_t rb = za->base.row_bytes;
     if (rd->fullrows) {
         uint64_t row_elems = rb / za->elsize;
-        if (!src) {
+        const ans_conv *conv = rd->conv;
+        if (!src && !conv) {
             for (size_t p = ur->p0; p < ur->p1; p++)
-                fill_elems(za, rd->out + rd->pieces[p].dst * rb, rd->pieces[p].n * row_elems);
+                fill_elems(za, rd->pieces[p].dptr, rd->pieces[p].n * row_elems);
             return ANS_OK;
         }
         size_t direct = SIZE_MAX;
-        for (size_t p = ur->p0; p < ur->p1; p++)
+        for (size_t p = ur->p0; p < ur->p1 && !conv; p++)
             if (rd->pieces[p].r0 == 0 && rd->pieces[p].n == za->unit[0]) {
                 direct = p;
                 break;
             }
         const uint8_t *res;
-        uint8_t *dst = direct != SIZE_MAX ? rd->out + rd->pieces[direct].dst * rb : NULL;
-        if (ans_zchain_decode(za->uchain, ws, src, len, dst, &res) < 0) return unit_error(za, c);
+        uint64_t lo = 0; /* unit byte at res */
+        if (!src) { /* missing unit, converted: the fill values, converted like stored ones */
+            ANS_TRY(ans_buf_reserve(&ws->chunk, (size_t)(za->unit[0] * rb)));
+            fill_elems(za, ws->chunk.data, za->unit[0] * row_elems);
+            res = ws->chunk.data;
+        } else if (direct != SIZE_MAX) {
+            uint8_t *dst = rd->pieces[direct].dptr;
+            if (ans_zchain_decode(za->uchain, ws, src, len, dst, &res) < 0)
+                return unit_error(za, c);
+        } else {
+            /* No piece takes the whole unit: decode only the part the pieces need (blosc
+             * decodes just the blocks holding it). */
+            uint64_t r0 = UINT64_MAX, r1 = 0;
+            for (size_t p = ur->p0; p < ur->p1; p++) {
+                const zpiece *pc = &rd->pieces[p];
+                if (pc->r0 < r0) r0 = pc->r0;
+                if (pc->r0 + pc->n > r1) r1 = pc->r0 + pc->n;
+            }
+            lo = r0 * rb;
+            if (ans_zchain_decode_range(za->uchain, ws, src, len, lo, r1 * rb, &res) < 0)
+                return unit_error(za, c);
+        }
         for (size_t p = ur->p0; p < ur->p1; p++) {
             const zpiece *pc = &rd->pieces[p];
             if (p == direct) continue;
-            memcpy(rd->out + pc->dst * rb, res + pc->r0 * rb, (size_t)(pc->n * rb));
+            const uint8_t *from = res + (pc->r0 * rb - lo);
+            if (!conv) {
+                memcpy(pc->dptr, from, (size_t)(pc->n * rb));
+                continue;
+            }
+            size_t nv = (size_t)(pc->n * row_elems);
+            if (conv->fn(pc->dptr, from, nv, conv->ctx) != nv) {
+                pthread_mutex_lock(rd->bad_mu);
+                if (pc->seg < rd->bad) rd->bad = pc->seg;
+                pthread_mutex_unlock(rd->bad_mu);
+            }
         }
         return ANS_OK;
     }
@@ -538,6 +574,8 @@ static int rd_shards(zread *rd, size_t njobs)
     return ANS_OK;
 }
 
+static int za_run(zread *rdp, zpiece *pieces, size_t np, int sorted);
+
 static int za_read(ans_array *a, const ans_range *ranges, size_t nranges, void *out)
 {
     ans_zarray *za = (ans_zarray *)a;
@@ -559,10 +597,7 @@ static int za_read(ans_array *a, const ans_range *ranges, size_t nranges, void *
     for (int d = 1; d < za->nd; d++)
         if (za->unit[d] != za->shp[d]) rd.fullrows = 0;
     zpiece *pieces = NULL;
-    zurow *urows = NULL;
-    size_t *order = NULL;
-    zrun *runs = NULL;
-    int rc = ANS_OK;
+    int rc;
 
     /* Pieces. */
     size_t npieces = 0;
@@ -588,11 +623,32 @@ static int za_read(ans_array *a, const ans_range *ranges, size_t nranges, void *
             p->r0 = r - u0 * U0;
             p->n = stop - r;
             p->dst = dst;
+            p->dptr = (uint8_t *)out + dst * a->row_bytes;
+            p->seg = i;
             dst += stop - r;
             if (np > 1 && pieces[np - 2].u0 > u0) sorted = 0;
             r = stop;
         }
     }
+    rc = za_run(&rd, pieces, np, sorted);
+    free(pieces);
+    return rc;
+}
+
+/* Execute the pieces of a read (sorted by unit row unless !sorted): group them by unit, find the
+ * units (shard indexes first), decode each unit once, on the pool. */
+static int za_run(zread *rdp, zpiece *pieces, size_t np, int sorted)
+{
+    zread rd = *rdp;
+    ans_zarray *za = rd.za;
+    ans_array *a = &za->base;
+    zurow *urows = NULL;
+    size_t *order = NULL;
+    zrun *runs = NULL;
+    int rc = ANS_OK;
+    pthread_mutex_t bad_mu = PTHREAD_MUTEX_INITIALIZER;
+    rd.bad_mu = &bad_mu;
+    rd.bad = SIZE_MAX;
     if (!sorted) qsort(pieces, np, sizeof *pieces, cmp_piece);
 
     /* Unit rows. */
@@ -710,7 +766,65 @@ done:
     free(order);
     free(runs);
     free(urows);
+    rdp->bad = rd.bad;
+    return rc;
+}
+
+static int za_read_segs(ans_array *a, const ans_seg *segs, size_t nsegs, const ans_conv *conv,
+                        size_t *bad)
+{
+    ans_zarray *za = (ans_zarray *)a;
+    *bad = SIZE_MAX;
+    for (int d = 1; d < za->nd; d++)
+        if (za->unit[d] != za->shp[d] || za->shp[d] == 0) {
+            /* Units that split rows: the generic path (read, then copy). */
+            return ans_array_read_segs_copy(a, segs, nsegs, conv, bad);
+        }
+    const uint64_t U0 = za->unit[0];
+    size_t npieces = 0;
+    uint64_t lim = za->shp[0];
+    for (size_t i = 0; i < nsegs; i++) {
+        uint64_t end;
+        if (ans_add_overflow(segs[i].start, segs[i].count, &end) || end > lim)
+            return ans_err(ANS_EINVAL, "%s: array '%s': rows [%llu, %llu + %llu) outside its %llu rows",
+                           za_store(za), a->path, (unsigned long long)segs[i].start,
+                           (unsigned long long)segs[i].start, (unsigned long long)segs[i].count,
+                           (unsigned long long)lim);
+        if (!segs[i].count) continue;
+        uint64_t k = (end - 1) / U0 - segs[i].start / U0 + 1;
+        if (k > SIZE_MAX / sizeof(zpiece) - npieces) return ans_err(ANS_ENOMEM, "too many pieces");
+        npieces += (size_t)k;
+    }
+    if (npieces == 0 || a->row_bytes == 0) return ANS_OK;
+    size_t dsize = conv ? conv->dst_size * (size_t)(a->row_bytes / za->elsize) : (size_t)a->row_bytes;
+    zpiece *pieces = ans_malloc(npieces * sizeof *pieces);
+    if (!pieces) return ANS_ENOMEM;
+    size_t np = 0;
+    int sorted = 1;
+    for (size_t i = 0; i < nsegs; i++) {
+        uint64_t s = segs[i].start, e = s + segs[i].count;
+        for (uint64_t r = s; r < e;) {
+            uint64_t u0 = r / U0, ue = (u0 + 1) * U0;
+            uint64_t stop = ue < e ? ue : e;
+            zpiece *p = &pieces[np++];
+            p->u0 = u0;
+            p->r0 = r - u0 * U0;
+            p->n = stop - r;
+            p->dst = 0;
+            p->dptr = (uint8_t *)segs[i].dst + (r - s) * dsize;
+            p->seg = i;
+            if (np > 1 && pieces[np - 2].u0 > u0) sorted = 0;
+            r = stop;
+        }
+    }
+    zread rd;
+    memset(&rd, 0, sizeof rd);
+    rd.za = za;
+    rd.fullrows = 1;
+    rd.conv = conv;
+    int rc = za_run(&rd, pieces, np, sorted);
     free(pieces);
+    if (rc == ANS_OK) *bad = rd.bad;
     return rc;
 }
 
@@ -999,6 +1113,7 @@ static const struct ans_array_ops zarr_array_ops = {
     za_read_strings,
     za_describe,
     za_free,
+    za_read_segs,
 };
 
 int ans_zarray_open(ans_zstore *zs, const char *path, const ans_json *meta, ans_array **out)

@@ -625,6 +625,26 @@ int ans_zchain_decode(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, siz
     return ANS_OK;
 }
 
+int ans_zchain_decode_range(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
+                            uint64_t lo, uint64_t hi, const uint8_t **result)
+{
+    if (lo < hi && hi <= ch->nbytes && !ch->transpose && !ch->swap && ch->nbb == 1 &&
+        ch->bb[0].kind == ANS_ZBB_BLOSC) {
+        ANS_TRY(ans_buf_reserve(&ws->chunk, (size_t)(hi - lo)));
+        int rc = ans_blosc_decode_range(src, len, (size_t)ch->nbytes, (size_t)lo, (size_t)hi,
+                                        ws->chunk.data, &ws->tmp[0]);
+        if (rc == ANS_OK) {
+            *result = ws->chunk.data;
+            return ANS_OK;
+        }
+        if (rc != ANS_EUNSUPPORTED) return rc;
+    }
+    const uint8_t *res = NULL;
+    ANS_TRY(ans_zchain_decode(ch, ws, src, len, NULL, &res));
+    *result = res + lo;
+    return ANS_OK;
+}
+
 int ans_zchain_decode_bytes(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
                             const uint8_t **out, size_t *outlen)
 {

@@ -298,6 +298,88 @@ static void test_blosc_roundtrip(void)
     ans_codec_ctx_free(ctx);
 }
 
+/* Part of a frame: only the blocks holding [lo, hi) are decoded (LZ4 with byte or no shuffle by
+ * annstream, other codecs and bit shuffle by blosc_getitem); a part needing every block is left to
+ * the whole-frame decoder (ANS_EUNSUPPORTED). Every part must equal the same bytes of the input. */
+static void test_blosc_range(void)
+{
+    const size_t n = 1 << 20;
+    uint8_t *in = make_data(n, 0, 3), *rnd = make_data(n, 1, 4);
+    uint8_t *enc = malloc(ans_blosc_bound(n)), *dec = malloc(n + 1);
+    ans_buf scratch = {0};
+    static const char *const codecs[] = {"lz4", "lz4hc", "blosclz", "zstd"};
+    static const size_t typesizes[] = {1, 2, 4, 8, 3};
+    size_t partial = 0, whole = 0;
+    uint64_t rs = 99;
+    for (size_t c = 0; c < sizeof codecs / sizeof *codecs; c++)
+        for (int shuffle = 0; shuffle <= 2; shuffle++)
+            for (size_t t = 0; t < sizeof typesizes / sizeof *typesizes; t++) {
+                size_t ts = typesizes[t], elen = 0;
+                /* clevel 3: lz4 blocks of 256 KiB, so a 1 MiB input has several */
+                CHECK_OK(ans_blosc_encode(in, n, enc, ans_blosc_bound(n), &elen, codecs[c], 3,
+                                          shuffle, ts, 1));
+                uint32_t bs = (uint32_t)enc[8] | (uint32_t)enc[9] << 8 |
+                              (uint32_t)enc[10] << 16 | (uint32_t)enc[11] << 24;
+                for (int k = 0; k < 12; k++) {
+                    size_t lo, hi;
+                    if (k == 0) {
+                        lo = 0, hi = ts;
+                    } else if (k == 1) {
+                        hi = n - n % ts, lo = hi - ts; /* in the last (maybe partial) block */
+                    } else if (k == 2 && bs < n) {
+                        lo = bs - ts, hi = bs + ts; /* across a block boundary */
+                    } else {
+                        lo = (size_t)(rng_next(&rs) % (n / ts)) * ts;
+                        hi = lo + ts + (size_t)(rng_next(&rs) % ((n - lo) / ts)) * ts;
+                    }
+                    memset(dec, 0xAB, n + 1);
+                    int rc = ans_blosc_decode_range(enc, elen, n, lo, hi, dec, &scratch);
+                    if (rc == ANS_EUNSUPPORTED) {
+                        CHECK(lo / bs == 0 && (hi - 1) / bs == (n - 1) / bs);
+                        whole++;
+                        continue;
+                    }
+                    CHECK_OK(rc);
+                    CHECK(memcmp(dec, in + lo, hi - lo) == 0);
+                    CHECK(dec[hi - lo] == 0xAB); /* nothing written past hi - lo */
+                    partial++;
+                }
+            }
+    CHECK(partial > 200);
+    CHECK(whole > 0);
+    size_t elen = 0;
+    CHECK_OK(ans_blosc_encode(in, n, enc, ans_blosc_bound(n), &elen, "lz4", 3, 1, 4, 1));
+    CHECK_RC(ans_blosc_decode_range(enc, elen, n - 4, 0, 4, dec, &scratch), ANS_ECORRUPT);
+    CHECK_STR_CONTAINS(ans_error_last(), "blosc: ");
+    CHECK_RC(ans_blosc_decode_range(enc, elen, n, 8, 8, dec, &scratch), ANS_EINVAL);
+    CHECK_RC(ans_blosc_decode_range(enc, elen, n, 8, n + 4, dec, &scratch), ANS_EINVAL);
+    CHECK_RC(ans_blosc_decode_range(enc, elen - 1, n, 0, 4, dec, &scratch), ANS_ECORRUPT);
+    /* block 1's first LZ4 stream is garbage (sizes intact): only a part needing block 1 fails */
+    uint8_t *bad = malloc(elen);
+    memcpy(bad, enc, elen);
+    uint32_t b1 = (uint32_t)bad[20] | (uint32_t)bad[21] << 8 | (uint32_t)bad[22] << 16 |
+                  (uint32_t)bad[23] << 24; /* start of block 1 */
+    uint32_t cs = (uint32_t)bad[b1] | (uint32_t)bad[b1 + 1] << 8 | (uint32_t)bad[b1 + 2] << 16 |
+                  (uint32_t)bad[b1 + 3] << 24;
+    CHECK(cs > 0 && b1 + 4 + (size_t)cs <= elen);
+    memset(bad + b1 + 4, 0xFF, cs);
+    CHECK_RC(ans_blosc_decode_range(bad, elen, n, 300000, 300004, dec, &scratch), ANS_ECORRUPT);
+    CHECK_STR_CONTAINS(ans_error_last(), "lz4 data of block 1");
+    CHECK_OK(ans_blosc_decode_range(bad, elen, n, 0, 4, dec, &scratch)); /* block 0 is intact */
+    CHECK(memcmp(dec, in, 4) == 0);
+    free(bad);
+    /* A raw (memcpyed) frame: any part is a plain copy. */
+    CHECK_OK(ans_blosc_encode(rnd, n, enc, ans_blosc_bound(n), &elen, "lz4", 5, 0, 1, 1));
+    CHECK(enc[2] & BLOSC_MEMCPYED);
+    CHECK_OK(ans_blosc_decode_range(enc, elen, n, 3, 1001, dec, &scratch));
+    CHECK(memcmp(dec, rnd + 3, 998) == 0);
+    ans_buf_free(&scratch);
+    free(in);
+    free(rnd);
+    free(enc);
+    free(dec);
+}
+
 static void test_blosc_encode_args(void)
 {
     uint8_t src[64] = {0}, dst[128];
@@ -872,6 +954,7 @@ ANS_TEST_MAIN({"crc32c_known", test_crc32c_known}, {"crc32c_random", test_crc32c
               {"crc32c_shard_example", test_crc32c_shard_example}, {"byteswap", test_byteswap},
               {"vlen_fixed", test_vlen_fixed}, {"vlen_corrupt", test_vlen_corrupt},
               {"blosc_roundtrip", test_blosc_roundtrip},
+              {"blosc_range", test_blosc_range},
               {"blosc_encode_args", test_blosc_encode_args}, {"blosc_fixed", test_blosc_fixed},
               {"blosc_corrupt_header", test_blosc_corrupt_header},
               {"blosc_corrupt_blocks", test_blosc_corrupt_blocks}, {"blosc_fuzz", test_blosc_fuzz},
