@@ -15,8 +15,9 @@
  * - Thread safety: a store may be used by several threads at once for reads (`ans_element_read_*`,
  *   `ans_store_read_frame`); an element handle likewise. Freeing an object while another thread uses it
  *   is a caller error.
- * - The library never prints and holds no global mutable state, with one documented exception: when the
- *   linked libhdf5 is not built thread-safe, calls into it are serialised by one process-wide lock.
+ * - The library never prints and holds no global mutable state, with one documented exception: calls
+ *   into libhdf5 (itself process-global) are serialised by one process-wide lock, which a
+ *   pthread_atfork handler takes around fork() so that a forked child never inherits libhdf5 busy.
  */
 #ifndef ANNSTREAM_H
 #define ANNSTREAM_H

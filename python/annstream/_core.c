@@ -1328,14 +1328,21 @@ static PyType_Spec Batch_spec = {
 /* Loader                                                                                          */
 
 /* An ans_loader. One thread drives it: calls are counted in `busy` (GIL held when changed); a
- * second concurrent call raises RuntimeError; close() waits (GIL released) for the call in flight,
- * then frees the loader (which stops its producer thread). Batches handed out stay valid. */
+ * second concurrent next() raises RuntimeError; close() waits (GIL released) for the call in flight,
+ * then frees the loader (which stops its producer thread). Batches handed out stay valid.
+ *
+ * Streams: set_epoch() and seek() restart the stream. They wait for a call in flight on another
+ * thread (its batch belongs to the old stream) and return a new `generation`; next(), push_plan()
+ * and end_plans() given the generation of the stream they belong to raise RuntimeError once another
+ * restart happened, so an abandoned or concurrent iteration can never take a batch of (or push a
+ * plan into) the stream a newer iteration owns. */
 typedef struct {
     PyObject_HEAD
     ans_loader *loader;
     long pid; /* creator process: in a forked child the loader cannot be used */
     Py_ssize_t busy;
     int closing;
+    unsigned long long generation; /* restarts so far (GIL held when changed) */
 } LoaderObject;
 
 static int loader_enter(LoaderObject *self) {
@@ -1354,6 +1361,39 @@ static int loader_enter(LoaderObject *self) {
 
 static void loader_leave(LoaderObject *self) {
     self->busy--;
+}
+
+/* loader_enter for set_epoch / seek: waits (GIL released) for a call in flight on another thread,
+ * then starts a new generation. */
+static int loader_enter_restart(LoaderObject *self) {
+    while (self->loader != NULL && !self->closing && self->busy > 0) {
+        Py_BEGIN_ALLOW_THREADS
+        sleep_briefly();
+        Py_END_ALLOW_THREADS
+    }
+    if (loader_enter(self) < 0) {
+        return -1;
+    }
+    self->generation++;
+    return 0;
+}
+
+/* 0 when `gen` is NULL or None (no check) or the current generation; else RuntimeError. */
+static int loader_check_generation(LoaderObject *self, PyObject *gen) {
+    if (gen == NULL || gen == Py_None) {
+        return 0;
+    }
+    unsigned long long g = PyLong_AsUnsignedLongLong(gen);
+    if (g == (unsigned long long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (g != self->generation) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "annstream Loader: another iteration started (or the loader was reset) "
+                        "while this one was running");
+        return -1;
+    }
+    return 0;
 }
 
 static void free_loader_nogil(ans_loader *loader) {
@@ -1393,11 +1433,18 @@ static PyObject *Loader_close(PyObject *op, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-static PyObject *Loader_next(PyObject *op, PyObject *unused) {
-    (void)unused;
+static PyObject *Loader_next(PyObject *op, PyObject *args) {
     LoaderObject *self = (LoaderObject *)op;
+    PyObject *gen = NULL;
+    if (!PyArg_ParseTuple(args, "|O:next", &gen)) {
+        return NULL;
+    }
     module_state *st = state_of_type(Py_TYPE(op));
     if (st == NULL || loader_enter(self) < 0) {
+        return NULL;
+    }
+    if (loader_check_generation(self, gen) < 0) {
+        loader_leave(self);
         return NULL;
     }
     ans_batch *batch = NULL;
@@ -1429,9 +1476,10 @@ static PyObject *Loader_set_epoch(PyObject *op, PyObject *args) {
         return NULL;
     }
     module_state *st = state_of_type(Py_TYPE(op));
-    if (st == NULL || loader_enter(self) < 0) {
+    if (st == NULL || loader_enter_restart(self) < 0) {
         return NULL;
     }
+    unsigned long long gen = self->generation;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = ans_loader_set_epoch(self->loader, (uint64_t)epoch);
@@ -1440,7 +1488,7 @@ static PyObject *Loader_set_epoch(PyObject *op, PyObject *args) {
     if (rc != ANS_OK) {
         return raise_status(st, rc, 0, NULL);
     }
-    Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(gen);
 }
 
 static PyObject *Loader_seek(PyObject *op, PyObject *args) {
@@ -1450,9 +1498,10 @@ static PyObject *Loader_seek(PyObject *op, PyObject *args) {
         return NULL;
     }
     module_state *st = state_of_type(Py_TYPE(op));
-    if (st == NULL || loader_enter(self) < 0) {
+    if (st == NULL || loader_enter_restart(self) < 0) {
         return NULL;
     }
+    unsigned long long gen = self->generation;
     int rc;
     Py_BEGIN_ALLOW_THREADS
     rc = ans_loader_seek(self->loader, (uint64_t)batch);
@@ -1461,7 +1510,7 @@ static PyObject *Loader_seek(PyObject *op, PyObject *args) {
     if (rc != ANS_OK) {
         return raise_status(st, rc, 0, NULL);
     }
-    Py_RETURN_NONE;
+    return PyLong_FromUnsignedLongLong(gen);
 }
 
 /* A C-contiguous 1-D buffer of native uint64 (or int64: the caller checked the values). */
@@ -1485,12 +1534,13 @@ static int get_u64_buffer(PyObject *obj, Py_buffer *view, const char *what) {
     return 0;
 }
 
-/* push_plan(ranges, order, bounds): uint64 buffers; ranges holds (start, count) pairs. Safe while
- * another thread is in next() (the C call is thread-safe against it): not counted in `busy`. */
+/* push_plan(ranges, order, bounds[, generation]): uint64 buffers; ranges holds (start, count)
+ * pairs. Safe while another thread is in next() (the C call is thread-safe against it): not
+ * counted in `busy`. */
 static PyObject *Loader_push_plan(PyObject *op, PyObject *args) {
     LoaderObject *self = (LoaderObject *)op;
-    PyObject *ranges_obj, *order_obj, *bounds_obj;
-    if (!PyArg_ParseTuple(args, "OOO:push_plan", &ranges_obj, &order_obj, &bounds_obj)) {
+    PyObject *ranges_obj, *order_obj, *bounds_obj, *gen = NULL;
+    if (!PyArg_ParseTuple(args, "OOO|O:push_plan", &ranges_obj, &order_obj, &bounds_obj, &gen)) {
         return NULL;
     }
     module_state *st = state_of_type(Py_TYPE(op));
@@ -1499,6 +1549,9 @@ static PyObject *Loader_push_plan(PyObject *op, PyObject *args) {
     }
     if (self->loader == NULL || self->closing) {
         return closed_error("loader");
+    }
+    if (loader_check_generation(self, gen) < 0) {
+        return NULL;
     }
     Py_buffer ranges, order, bounds;
     if (get_u64_buffer(ranges_obj, &ranges, "ranges") < 0) {
@@ -1537,15 +1590,21 @@ static PyObject *Loader_push_plan(PyObject *op, PyObject *args) {
     return result;
 }
 
-static PyObject *Loader_end_plans(PyObject *op, PyObject *unused) {
-    (void)unused;
+static PyObject *Loader_end_plans(PyObject *op, PyObject *args) {
     LoaderObject *self = (LoaderObject *)op;
+    PyObject *gen = NULL;
+    if (!PyArg_ParseTuple(args, "|O:end_plans", &gen)) {
+        return NULL;
+    }
     module_state *st = state_of_type(Py_TYPE(op));
     if (st == NULL) {
         return NULL;
     }
     if (self->loader == NULL || self->closing) {
         return closed_error("loader");
+    }
+    if (loader_check_generation(self, gen) < 0) {
+        return NULL;
     }
     int rc = ans_loader_end_plans(self->loader);
     if (rc != ANS_OK) {
@@ -1594,17 +1653,20 @@ static PyObject *Loader_get_pid(PyObject *op, void *closure) {
 }
 
 static PyMethodDef Loader_methods[] = {
-    {"next", Loader_next, METH_NOARGS,
-     "next()\n--\n\nThe next Batch of the epoch, or None at its end (waits, GIL released)."},
+    {"next", Loader_next, METH_VARARGS,
+     "next(generation=None)\n--\n\nThe next Batch of the epoch, or None at its end (waits, GIL "
+     "released). RuntimeError if `generation` is given and the stream was restarted since."},
     {"set_epoch", Loader_set_epoch, METH_VARARGS,
-     "set_epoch(epoch)\n--\n\nStart epoch `epoch` from its first batch."},
+     "set_epoch(epoch)\n--\n\nStart epoch `epoch` from its first batch; returns the new stream "
+     "generation (waits for a call in flight on another thread)."},
     {"seek", Loader_seek, METH_VARARGS,
-     "seek(batch)\n--\n\nContinue the current epoch at batch `batch`."},
+     "seek(batch)\n--\n\nContinue the current epoch at batch `batch`; returns the new stream "
+     "generation."},
     {"push_plan", Loader_push_plan, METH_VARARGS,
-     "push_plan(ranges, order, batch_bounds)\n--\n\nCustom-plan mode: queue one load (uint64 "
-     "buffers; ranges as (start, count) pairs)."},
-    {"end_plans", Loader_end_plans, METH_NOARGS,
-     "end_plans()\n--\n\nCustom-plan mode: no more plans this epoch."},
+     "push_plan(ranges, order, batch_bounds, generation=None)\n--\n\nCustom-plan mode: queue one "
+     "load (uint64 buffers; ranges as (start, count) pairs)."},
+    {"end_plans", Loader_end_plans, METH_VARARGS,
+     "end_plans(generation=None)\n--\n\nCustom-plan mode: no more plans this epoch."},
     {"close", Loader_close, METH_NOARGS,
      "close()\n--\n\nStop the producer and free the loader; batches handed out stay valid."},
     {NULL, NULL, 0, NULL},

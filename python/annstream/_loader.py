@@ -370,6 +370,15 @@ class Loader(_Base):
                 )
 
     def _make_c(self, partition: int, n_partitions: int):
+        # A C loader keeps its own references to what it reads, so closing a Store under a running
+        # Loader is harmless; but a new C loader (new seed, partition or process) needs them open.
+        for store in self._stores:
+            if store.closed:
+                raise ValueError(
+                    f"{store.path}: the annstream store was closed; the Loader needs it open to "
+                    "start again here (a new seed, partition or process). Keep the store open "
+                    "while the Loader is used, or give the Loader the path"
+                )
         return _core.loader(
             [s._core for s in self._stores],
             key=self._x,
@@ -569,15 +578,17 @@ class Loader(_Base):
         epoch = self._epoch
         start = self._resume
         self._resume = 0
-        c.set_epoch(epoch)
+        # the stream's generation: the C loader refuses next() / push_plan() of an older one, so an
+        # iteration restarted from another thread cannot lose a batch (or get a plan) to this one
+        gen = c.set_epoch(epoch)
         if self._sampler is None and start:
-            c.seek(start)
+            gen = c.seek(start)
         self._batches_yielded = start
         convert = self._convert
         feeder = None
         if self._sampler is not None:
             feeder = _PlanFeeder(self._sampler, c, epoch, partition, n_partitions, start,
-                                 self._prefetch)
+                                 self._prefetch, gen)
         finished = False
         try:
             while True:
@@ -588,7 +599,7 @@ class Loader(_Base):
                     )
                 if feeder is not None:
                     feeder.fill()
-                b = c.next()
+                b = c.next(gen)
                 if b is None:
                     break
                 if feeder is not None:
@@ -732,7 +743,8 @@ class _PlanFeeder:
     ``prefetch + 1`` plans ahead of the consumer, and ``end_plans`` once the sampler is done. Skips
     the first ``start`` batches (resume)."""
 
-    def __init__(self, sampler, c, epoch, partition, n_partitions, start, prefetch) -> None:
+    def __init__(self, sampler, c, epoch, partition, n_partitions, start, prefetch,
+                 gen=None) -> None:
         plans = sampler.plans
         try:
             params = inspect.signature(plans).parameters
@@ -753,6 +765,7 @@ class _PlanFeeder:
             it = plans(epoch)
         self._it = iter(it)
         self._c = c
+        self._gen = gen
         self._skip = start
         self._pending: collections.deque[int] = collections.deque()  # batches left per plan
         self._ended = False
@@ -762,7 +775,7 @@ class _PlanFeeder:
         try:
             plan = next(self._it)
         except StopIteration:
-            self._c.end_plans()
+            self._c.end_plans(self._gen)
             self._ended = True
             return
         try:
@@ -787,7 +800,7 @@ class _PlanFeeder:
             order = order[first:]
             bounds = bounds[k:] - np.uint64(first)
             n_batches -= k
-        self._c.push_plan(ranges, order, np.ascontiguousarray(bounds))
+        self._c.push_plan(ranges, order, np.ascontiguousarray(bounds), self._gen)
         self._pending.append(n_batches)
 
     def fill(self) -> None:

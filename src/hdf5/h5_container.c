@@ -26,11 +26,11 @@
  *   0.12-0.17 s on two (inflate bound, so it scales with the pool). 20,000 one-row calls on the
  *   (3125, 4)-chunked array: H5Dread 0.27 s, direct 0.09 s. Reading a dataset of 20,000 tiny
  *   chunks whole: H5Dread 0.11 s, direct 0.03 s.
- * - Threads. A thread-safe libhdf5 serialises every call internally. A build without thread-safety
- *   must not be entered by two threads at once: then every call into it happens under
- *   h5_global_lock below, the single piece of process-wide mutable state in annstream (documented
- *   in annstream.h). Which case applies is asked of the library at run time
- *   (H5is_library_threadsafe).
+ * - Threads. A build of libhdf5 without thread-safety must not be entered by two threads at once,
+ *   and a fork() while a thread is inside a thread-safe build leaves the child's copy of its lock
+ *   held. So every call into libhdf5 happens under h5_global_lock below, the single piece of
+ *   process-wide mutable state in annstream (documented in annstream.h), and a pthread_atfork
+ *   handler takes that lock around fork(). Decoding chunks happens outside the lock.
  * - Errors. HDF5's automatic error printing is switched off around each of our entries (saved and
  *   restored per thread, so an application's own handler survives), and the innermost entry of the
  *   HDF5 error stack becomes part of our message, which also names the file and the object.
@@ -109,9 +109,8 @@ typedef H5L_info_t h5_linfo_t;
 /* ---- the one global: a lock for libhdf5 builds that are not thread-safe ---------------------- */
 
 /* The single process-wide mutable object of annstream (see annstream.h, "Conventions"). It guards
- * libhdf5 itself, which is process-global: when the linked library was built without thread-safety,
- * every call into it is made while holding this lock. With a thread-safe build (asked at run time,
- * H5is_library_threadsafe) it is only taken around that question. */
+ * libhdf5 itself, which is process-global: every call into it is made while holding this lock,
+ * and fork() takes it first (h5_atfork_register). */
 static pthread_mutex_t h5_global_lock = PTHREAD_MUTEX_INITIALIZER;
 
 typedef struct h5_guard {
@@ -145,14 +144,21 @@ static void h5_leave(h5_guard *g)
     if (g->locked) pthread_mutex_unlock(&h5_global_lock);
 }
 
-/* 1 when libhdf5 calls must be serialised by h5_global_lock. */
+/* fork() while another thread is inside libhdf5 would leave the child a copy of libhdf5's own
+ * lock (thread-safe builds) in its locked state, and the child's first HDF5 call would hang (a
+ * DataLoader forking while the parent reads an .h5ad). So every call goes through h5_global_lock,
+ * and fork() takes that lock first (pthread_atfork): the child starts with libhdf5 idle. This
+ * costs no concurrency: libhdf5 serialises each call internally anyway. */
+static pthread_once_t h5_atfork_once = PTHREAD_ONCE_INIT;
+static void h5_prefork(void) { pthread_mutex_lock(&h5_global_lock); }
+static void h5_postfork(void) { pthread_mutex_unlock(&h5_global_lock); }
+static void h5_atfork_register(void) { pthread_atfork(h5_prefork, h5_postfork, h5_postfork); }
+
+/* 1: libhdf5 calls are serialised by h5_global_lock (always, see above). */
 static int h5_library_serialize(void)
 {
-    hbool_t ts = 0;
-    pthread_mutex_lock(&h5_global_lock);
-    if (H5is_library_threadsafe(&ts) < 0) ts = 0;
-    pthread_mutex_unlock(&h5_global_lock);
-    return ts ? 0 : 1;
+    pthread_once(&h5_atfork_once, h5_atfork_register);
+    return 1;
 }
 
 /* ---- errors ---------------------------------------------------------------------------------- */
