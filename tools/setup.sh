@@ -8,7 +8,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-APT_PACKAGES=(build-essential pkg-config clang libclang-rt-14-dev
+# clang-19 + libclang-rt-19-dev: the ThreadSanitizer tier (tools/tsan.sh); valgrind: tools/valgrind.sh
+APT_PACKAGES=(build-essential pkg-config clang libclang-rt-14-dev clang-19 libclang-rt-19-dev valgrind
               libzstd-dev liblz4-dev zlib1g-dev libblosc-dev libhdf5-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

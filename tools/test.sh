@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# tools/test.sh - set up (tools/setup.sh) and run every test: the C unit tests (meson test) and the
-# Python suite (pytest). Exits non-zero if anything fails.
+# tools/test.sh - set up (tools/setup.sh) and run every test: the C unit tests (meson test), the
+# Python suite (pytest), and the sanitizer tiers: ASan + UBSan (tools/sanitize.sh --python),
+# ThreadSanitizer (tools/tsan.sh) and valgrind memcheck (tools/valgrind.sh). docs/testing.md says
+# what each covers. Exits non-zero if anything fails.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -28,3 +30,9 @@ python -m pytest -q tests/python
 
 echo "== Sanitizer tier (ASan + UBSan: C tests, fuzz replay, Python suite)"
 bash tools/sanitize.sh --python
+
+echo "== ThreadSanitizer tier (C tests, Python loader and concurrency tests)"
+bash tools/tsan.sh
+
+echo "== valgrind memcheck tier (C read and loader tests, a Python read and loader epoch)"
+bash tools/valgrind.sh
