@@ -67,7 +67,7 @@ def _collection_children(path: Path) -> list[Path] | None:
         return None
     try:
         doc = json.loads(meta.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     attrs = doc.get("attributes") if isinstance(doc, dict) else None
     if not isinstance(attrs, dict) or attrs.get("encoding-type") != _COLLECTION_ENCODING:

@@ -3,18 +3,21 @@
  * Read paths
  * - Dense: the requested rows are merged into runs of consecutive rows, one ans_range per run, and
  *   read with ONE array read straight into the output.
- * - CSR: indptr is cached (uint64, 8 bytes per row, read on first use and fully validated). Each
- *   requested row maps to the value range [indptr[r], indptr[r+1]); ranges that touch are merged
- *   (consecutive rows, or rows separated by empty ones). ONE read for data (directly into the
- *   output) and ONE for indices. Indices are read into the output buffer itself, at its tail when
- *   the stored type is narrower than the output type, and converted in place front to back (never
- *   overwriting an unread value), checking 0 <= index < n_cols on the way.
+ * - CSR: indptr is cached (uint64, 8 bytes per row), loaded in blocks as reads reach them and
+ *   validated block by block (see "the cached indptr": memory follows the rows read, not the rows
+ *   the metadata claims). Each requested row maps to the value range [indptr[r], indptr[r+1]);
+ *   ranges that touch are merged (consecutive rows, or rows separated by empty ones). ONE read for
+ *   data (directly into the output) and ONE for indices. Indices are read into the output buffer
+ *   itself, at its tail when the stored type is narrower than the output type, and converted in
+ *   place front to back (never overwriting an unread value), checking 0 <= index < n_cols on the
+ *   way.
  * - CSC: the output is CSR. The column pointer (n_cols + 1) is cached like indptr. The stored
  *   entries are scanned in blocks of about CSC_BLOCK_BYTES (indices + data): a counting pass sizes
  *   every output row, then a fill pass re-reads the blocks and scatters each entry whose row is
  *   selected to every position that row occupies in the request. Columns come out increasing. The
- *   selection is looked up through a bitmap over n_obs bits plus a sorted (row, position) table.
- *   Scratch: the block buffers, the bitmap, 32 bytes per requested row.
+ *   selection is looked up through a sorted (row, position) table, behind a bitmap over the span
+ *   of the requested rows when that span is small. Scratch: the block buffers, the bitmap, 32
+ *   bytes per requested row.
  *
  * Every ans_rows is ONE allocation: the header followed by its 64-byte aligned buffers (for reads
  * with many ranges the range list rides along, 16 bytes per range). */
@@ -26,6 +29,24 @@
 
 #define ANS_ROWS_ALIGN 64
 #define CSC_BLOCK_BYTES ((uint64_t)64 << 20)
+
+/* The indptr cache: up to 2^PTR_SINGLE_SHIFT values in one block (loaded whole on first use, 8 MiB
+ * at most); beyond, blocks of 2^16 .. 2^23 values (512 KiB .. 64 MiB), the smallest that keeps the
+ * block table within 2^20 entries (8 MiB, untouched pages but those used); 2^43 rows or more are
+ * refused. */
+#define PTR_SINGLE_SHIFT 20
+#define PTR_MIN_SHIFT 16
+#define PTR_MAX_SHIFT 23
+#define PTR_BLOCKS_SHIFT 20
+#define PTR_MAX_VALUES ((uint64_t)1 << (PTR_MAX_SHIFT + PTR_BLOCKS_SHIFT))
+
+typedef struct ptr_arena {
+    struct ptr_arena *next;
+    uint64_t pad; /* keeps the values 16-byte aligned */
+} ptr_arena;
+
+static int ptr_setup(struct ans_element *e);
+static void ptr_free(struct ans_element *e);
 
 struct ans_element {
     ans_ad_core *core;
@@ -42,8 +63,14 @@ struct ans_element {
     uint64_t n_minor; /* the other axis: bound of the stored indices */
     pthread_mutex_t mu;
     int mu_init;
-    atomic_int ptr_ready;
-    uint64_t *ptr; /* cached indptr, n_major + 1 values */
+    /* The cached indptr (n_major + 1 values), loaded lazily in blocks of 2^ptr_shift values; see
+     * "the cached indptr" below. */
+    atomic_int ptr_ready;              /* the table exists, the first and last blocks are loaded */
+    unsigned ptr_shift;                /* log2 of the values per block */
+    uint64_t ptr_n;                    /* values: n_major + 1 */
+    size_t ptr_nblocks;                /* at most PTR_MAX_BLOCKS */
+    _Atomic(uint64_t *) *ptr_blocks;   /* block i holds values [i << ptr_shift, ...) */
+    struct ptr_arena *ptr_arenas;      /* the allocations the blocks live in */
 };
 
 struct ans_rows {
@@ -216,6 +243,13 @@ static int open_sparse(ans_element *e, const ans_ad_node *node)
     e->format = node->enc == ANS_ENC_CSR ? ANS_FORMAT_CSR : ANS_FORMAT_CSC;
     e->n_major = e->format == ANS_FORMAT_CSR ? shape[0] : shape[1];
     e->n_minor = e->format == ANS_FORMAT_CSR ? shape[1] : shape[0];
+    if (e->n_major >= PTR_MAX_VALUES)
+        return ans_ad_err(core, ANS_EUNSUPPORTED, e->key,
+                          "%s of shape (%llu, %llu): 2^%d %s or more are not supported", what,
+                          (unsigned long long)shape[0], (unsigned long long)shape[1],
+                          PTR_MAX_SHIFT + PTR_BLOCKS_SHIFT,
+                          e->format == ANS_FORMAT_CSR ? "rows" : "columns");
+    ANS_TRY(ptr_setup(e));
     if (e->indptr->shape[0] != e->n_major + 1)
         return ans_ad_err(core, ANS_ECORRUPT, e->key,
                           "'indptr' has %llu values, expected %llu for shape (%llu, %llu)",
@@ -289,7 +323,7 @@ void ans_element_free(ans_element *e)
     ans_array_free(e->data);
     ans_array_free(e->indices);
     ans_array_free(e->indptr);
-    free(e->ptr);
+    ptr_free(e);
     if (e->mu_init) pthread_mutex_destroy(&e->mu);
     free(e->key);
     ans_ad_core_unref(e->core);
@@ -323,57 +357,284 @@ ans_dtype ans_element_dtype(const ans_element *e)
 
 /* ---- the cached indptr ---------------------------------------------------------------------- */
 
-static int load_ptr(ans_element *e)
+/* indptr is read lazily, a block of values at a time, so memory grows with the rows actually read,
+ * never with the row count the metadata claims (a store can claim 10^11 rows and hold none).
+ * Every block is validated when it is loaded: values in [0, nnz], non-decreasing, 0 first (block
+ * 0), nnz last (last block), and no decrease across its boundary with a neighbour loaded before
+ * it. The first use loads the first and last blocks (so a shape claiming more rows than are stored
+ * fails at once). A read loads the blocks of every value it uses, and for a run of consecutive
+ * rows every block in between: the values one read uses are therefore non-decreasing and inside
+ * [0, nnz], whatever the blocks never loaded hold. Blocks stay until the element is freed. */
+
+/* Geometry: called by open_sparse once n_major is known (the table is at most 8 MiB). */
+static int ptr_setup(ans_element *e)
 {
-    ans_ad_core *core = e->core;
-    uint64_t n = e->n_major + 1, bytes;
-    if (ans_mul_overflow(n, 8, &bytes) || bytes > SIZE_MAX)
-        return ans_ad_err(core, ANS_ECORRUPT, e->key, "'indptr' too large");
-    uint64_t *p = ans_malloc((size_t)bytes);
-    if (!p) return ANS_ENOMEM;
-    size_t ss = e->indptr->itemsize;
-    unsigned char *src = (unsigned char *)p + conv_offset((size_t)n, ss, 8);
-    ans_range r = {0, n};
-    int rc = e->indptr->ops->read(e->indptr, &r, 1, src);
-    if (rc < 0) {
-        free(p);
-        return rc;
+    uint64_t n = e->n_major + 1; /* <= PTR_MAX_VALUES */
+    unsigned shift = PTR_SINGLE_SHIFT;
+    if (n > ((uint64_t)1 << PTR_SINGLE_SHIFT)) {
+        shift = PTR_MIN_SHIFT;
+        while (((n - 1) >> shift) + 1 > ((uint64_t)1 << PTR_BLOCKS_SHIFT)) shift++;
     }
-    size_t bad = conv_ints(src, e->indptr->dtype, p, ANS_DTYPE_UINT64, (size_t)n, UINT64_MAX);
-    if (bad != n) {
-        free(p);
-        return ans_ad_err(core, ANS_ECORRUPT, e->key, "'indptr'[%zu] is negative or too large",
-                          bad);
-    }
-    if (p[0] != 0) rc = ans_ad_err(core, ANS_ECORRUPT, e->key, "'indptr'[0] is not 0");
-    for (size_t i = 1; rc == ANS_OK && i < n; i++)
-        if (p[i] < p[i - 1])
-            rc = ans_ad_err(core, ANS_ECORRUPT, e->key, "'indptr' decreases at position %zu", i);
-    if (rc == ANS_OK && p[n - 1] != e->nnz)
-        rc = ans_ad_err(core, ANS_ECORRUPT, e->key,
-                        "'indptr' ends at %llu but 'data' and 'indices' hold %llu values",
-                        (unsigned long long)p[n - 1], (unsigned long long)e->nnz);
-    if (rc < 0) {
-        free(p);
-        return rc;
-    }
-    e->ptr = p;
+    e->ptr_n = n;
+    e->ptr_shift = shift;
+    e->ptr_nblocks = (size_t)(((n - 1) >> shift) + 1);
+    /* all-zero bytes are null pointers here: calloc leaves the pages untouched */
+    e->ptr_blocks = ans_calloc(e->ptr_nblocks, sizeof *e->ptr_blocks);
+    if (!e->ptr_blocks) return ANS_ENOMEM;
     return ANS_OK;
 }
 
-static int element_ptr(ans_element *e, const uint64_t **out)
+static void ptr_free(ans_element *e)
 {
-    int rc = ANS_OK;
-    if (!atomic_load_explicit(&e->ptr_ready, memory_order_acquire)) {
-        pthread_mutex_lock(&e->mu);
-        if (!atomic_load_explicit(&e->ptr_ready, memory_order_relaxed)) {
-            rc = load_ptr(e);
-            if (rc == ANS_OK) atomic_store_explicit(&e->ptr_ready, 1, memory_order_release);
-        }
-        pthread_mutex_unlock(&e->mu);
+    ptr_arena *a = e->ptr_arenas;
+    while (a) {
+        ptr_arena *next = a->next;
+        free(a);
+        a = next;
     }
-    *out = e->ptr;
+    free(e->ptr_blocks);
+}
+
+/* Value i; its block must be loaded (ptr_need_* returned ANS_OK for it on this thread). */
+static inline uint64_t ptr_at(const ans_element *e, uint64_t i)
+{
+    const uint64_t *b =
+        atomic_load_explicit(&e->ptr_blocks[i >> e->ptr_shift], memory_order_relaxed);
+    return b[i & (((uint64_t)1 << e->ptr_shift) - 1)];
+}
+
+static inline int ptr_loaded(const ans_element *e, uint64_t i)
+{
+    return atomic_load_explicit(&e->ptr_blocks[i >> e->ptr_shift], memory_order_acquire) != NULL;
+}
+
+static inline uint64_t ptr_block_len(const ans_element *e, size_t b)
+{
+    uint64_t start = (uint64_t)b << e->ptr_shift, end = start + ((uint64_t)1 << e->ptr_shift);
+    return (end < e->ptr_n ? end : e->ptr_n) - start;
+}
+
+/* Loads blocks ids[0..k) (ascending, none loaded yet) with one read into one new arena; installs
+ * them only if all are valid. Called with e->mu held. */
+static int ptr_load_locked(ans_element *e, const size_t *ids, size_t k)
+{
+    ans_ad_core *core = e->core;
+    uint64_t total = 0;
+    size_t nr = 0;
+    for (size_t i = 0; i < k; i++) {
+        total += ptr_block_len(e, ids[i]); /* <= ptr_n <= 2^43 */
+        if (i == 0 || ids[i] != ids[i - 1] + 1) nr++;
+    }
+    if (total > (SIZE_MAX - sizeof(ptr_arena)) / 8)
+        return ans_ad_err(core, ANS_ENOMEM, e->key, "'indptr' too large");
+    ans_range *ranges = ans_malloc(nr * sizeof *ranges);
+    ptr_arena *ar = ans_malloc(sizeof(ptr_arena) + (size_t)total * 8);
+    if (!ranges || !ar) {
+        free(ranges);
+        free(ar);
+        return ANS_ENOMEM;
+    }
+    uint64_t *vals = (uint64_t *)(void *)(ar + 1);
+    size_t r = 0;
+    for (size_t i = 0; i < k; i++) {
+        uint64_t len = ptr_block_len(e, ids[i]);
+        if (i > 0 && ids[i] == ids[i - 1] + 1)
+            ranges[r - 1].count += len;
+        else
+            ranges[r++] = (ans_range){(uint64_t)ids[i] << e->ptr_shift, len};
+    }
+    size_t ss = e->indptr->itemsize;
+    unsigned char *src = (unsigned char *)vals + conv_offset((size_t)total, ss, 8);
+    int rc = e->indptr->ops->read(e->indptr, ranges, nr, src);
+    if (rc == ANS_OK) {
+        uint64_t lim = e->nnz < UINT64_MAX ? e->nnz + 1 : UINT64_MAX;
+        size_t bad = conv_ints(src, e->indptr->dtype, vals, ANS_DTYPE_UINT64, (size_t)total, lim);
+        if (bad != total) {
+            uint64_t pos = 0, off = bad;
+            for (size_t i = 0; i < nr; i++) {
+                if (off < ranges[i].count) {
+                    pos = ranges[i].start + off;
+                    break;
+                }
+                off -= ranges[i].count;
+            }
+            rc = ans_ad_err(core, ANS_ECORRUPT, e->key,
+                            "'indptr'[%llu] is negative or beyond the %llu stored values",
+                            (unsigned long long)pos, (unsigned long long)e->nnz);
+        }
+    }
+    const uint64_t *v = vals;
+    for (size_t i = 0; i < k && rc == ANS_OK; i++) {
+        size_t b = ids[i];
+        uint64_t len = ptr_block_len(e, b), base = (uint64_t)b << e->ptr_shift;
+        if (b == 0 && v[0] != 0) {
+            rc = ans_ad_err(core, ANS_ECORRUPT, e->key, "'indptr'[0] is %llu, not 0",
+                            (unsigned long long)v[0]);
+            break;
+        }
+        /* the previous block's last value: from this read, or loaded before */
+        const uint64_t *prev = NULL;
+        if (i > 0 && ids[i - 1] == b - 1)
+            prev = v - 1;
+        else if (b > 0) {
+            const uint64_t *pb = atomic_load_explicit(&e->ptr_blocks[b - 1], memory_order_relaxed);
+            if (pb) prev = pb + ptr_block_len(e, b - 1) - 1;
+        }
+        if (prev && *prev > v[0]) {
+            rc = ans_ad_err(core, ANS_ECORRUPT, e->key, "'indptr' decreases at position %llu",
+                            (unsigned long long)base);
+            break;
+        }
+        for (uint64_t j = 1; j < len; j++)
+            if (v[j] < v[j - 1]) {
+                rc = ans_ad_err(core, ANS_ECORRUPT, e->key,
+                                "'indptr' decreases at position %llu",
+                                (unsigned long long)(base + j));
+                break;
+            }
+        if (rc < 0) break;
+        if (b + 1 < e->ptr_nblocks && !(i + 1 < k && ids[i + 1] == b + 1)) {
+            const uint64_t *nb = atomic_load_explicit(&e->ptr_blocks[b + 1], memory_order_relaxed);
+            if (nb && v[len - 1] > nb[0]) {
+                rc = ans_ad_err(core, ANS_ECORRUPT, e->key, "'indptr' decreases at position %llu",
+                                (unsigned long long)(base + len));
+                break;
+            }
+        }
+        if (b + 1 == e->ptr_nblocks && v[len - 1] != e->nnz) {
+            rc = ans_ad_err(core, ANS_ECORRUPT, e->key,
+                            "'indptr' ends at %llu but 'data' and 'indices' hold %llu values",
+                            (unsigned long long)v[len - 1], (unsigned long long)e->nnz);
+            break;
+        }
+        v += len;
+    }
+    free(ranges);
+    if (rc < 0) {
+        free(ar);
+        return rc;
+    }
+    v = vals;
+    for (size_t i = 0; i < k; i++) {
+        atomic_store_explicit(&e->ptr_blocks[ids[i]], (uint64_t *)v, memory_order_release);
+        v += ptr_block_len(e, ids[i]);
+    }
+    ar->next = e->ptr_arenas;
+    e->ptr_arenas = ar;
+    return ANS_OK;
+}
+
+/* The missing blocks among those set in `want` (word by word: most words are empty). */
+static size_t ptr_missing(const ans_element *e, const uint64_t *want, size_t *ids)
+{
+    size_t k = 0, nw = (e->ptr_nblocks + 63) / 64;
+    for (size_t w = 0; w < nw; w++)
+        for (uint64_t bits = want[w]; bits; bits &= bits - 1) {
+            size_t b = w * 64 + (size_t)__builtin_ctzll(bits);
+            if (!atomic_load_explicit(&e->ptr_blocks[b], memory_order_relaxed)) {
+                if (ids) ids[k] = b;
+                k++;
+            }
+        }
+    return k;
+}
+
+/* Loads the blocks whose bits are set in `want` (ptr_nblocks bits). The first use loads the first
+ * and last blocks on their own before anything else (a shape claiming more rows than are stored
+ * fails there, having allocated two blocks), unless every block is wanted (then one read, one
+ * contiguous arena). */
+static int ptr_load(ans_element *e, uint64_t *want)
+{
+    size_t nb = e->ptr_nblocks;
+    int rc = ANS_OK;
+    pthread_mutex_lock(&e->mu);
+    int first = !atomic_load_explicit(&e->ptr_ready, memory_order_relaxed);
+    if (first) {
+        want[0] |= 1;
+        want[(nb - 1) >> 6] |= (uint64_t)1 << ((nb - 1) & 63);
+        size_t ends[2] = {0, nb - 1}, k = 0;
+        for (size_t i = 0; i < (nb > 1 ? 2u : 1u); i++)
+            if (!atomic_load_explicit(&e->ptr_blocks[ends[i]], memory_order_relaxed))
+                ends[k++] = ends[i];
+        if (k > 0 && ptr_missing(e, want, NULL) < nb) rc = ptr_load_locked(e, ends, k);
+    }
+    size_t k = rc == ANS_OK ? ptr_missing(e, want, NULL) : 0;
+    size_t *ids = k ? ans_malloc(k * sizeof *ids) : NULL;
+    if (k && !ids) rc = ANS_ENOMEM;
+    if (rc == ANS_OK && k) {
+        ptr_missing(e, want, ids);
+        rc = ptr_load_locked(e, ids, k);
+    }
+    free(ids);
+    if (rc == ANS_OK && first) atomic_store_explicit(&e->ptr_ready, 1, memory_order_release);
+    pthread_mutex_unlock(&e->mu);
     return rc;
+}
+
+static inline void want_span(const ans_element *e, uint64_t *want, uint64_t lo, uint64_t hi)
+{
+    for (uint64_t b = lo >> e->ptr_shift; b <= hi >> e->ptr_shift; b++)
+        want[b >> 6] |= (uint64_t)1 << (b & 63);
+}
+
+/* The values rows of a request use: r and r + 1 of each row (rows != NULL), or every value of
+ * [start, start + n]. Rows must be in range. */
+static int ptr_need_rows(ans_element *e, const int64_t *rows, uint64_t start, size_t n)
+{
+    int ready = atomic_load_explicit(&e->ptr_ready, memory_order_acquire);
+    if (ready) { /* fast path: everything loaded already */
+        size_t i = 0;
+        if (rows) {
+            while (i < n && ptr_loaded(e, (uint64_t)rows[i]) &&
+                   ptr_loaded(e, (uint64_t)rows[i] + 1))
+                i++;
+        } else {
+            uint64_t b = start >> e->ptr_shift, last = (start + n) >> e->ptr_shift;
+            while (b <= last && ptr_loaded(e, b << e->ptr_shift)) b++;
+            i = b > last ? n : 0;
+        }
+        if (i == n) return ANS_OK;
+    }
+    uint64_t *want = ans_calloc((e->ptr_nblocks + 63) / 64, sizeof *want);
+    if (!want) return ANS_ENOMEM;
+    if (rows) {
+        for (size_t i = 0; i < n; i++) want_span(e, want, (uint64_t)rows[i], (uint64_t)rows[i] + 1);
+    } else {
+        want_span(e, want, start, start + n);
+    }
+    int rc = ptr_load(e, want);
+    free(want);
+    return rc;
+}
+
+/* The values of each range [start, start + count] (rows of the loader's reads). */
+static int ptr_need_ranges(ans_element *e, const ans_range *ranges, size_t n)
+{
+    if (atomic_load_explicit(&e->ptr_ready, memory_order_acquire)) {
+        size_t i = 0;
+        for (; i < n; i++) {
+            uint64_t b = ranges[i].start >> e->ptr_shift;
+            uint64_t last = (ranges[i].start + ranges[i].count) >> e->ptr_shift;
+            while (b <= last && ptr_loaded(e, b << e->ptr_shift)) b++;
+            if (b <= last) break;
+        }
+        if (i == n) return ANS_OK;
+    }
+    uint64_t *want = ans_calloc((e->ptr_nblocks + 63) / 64, sizeof *want);
+    if (!want) return ANS_ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        want_span(e, want, ranges[i].start, ranges[i].start + ranges[i].count);
+    int rc = ptr_load(e, want);
+    free(want);
+    return rc;
+}
+
+/* The block holding value i (walks that move one value at a time). */
+static inline int ptr_need_value(ans_element *e, uint64_t i)
+{
+    if (ptr_loaded(e, i) && atomic_load_explicit(&e->ptr_ready, memory_order_acquire))
+        return ANS_OK;
+    return ptr_need_rows(e, NULL, i, 0);
 }
 
 /* ---- results -------------------------------------------------------------------------------- */
@@ -563,15 +824,14 @@ static int csr_job_fn(void *ctx, size_t i, int slot)
 static int read_csr(ans_element *e, const int64_t *rows, uint64_t start, size_t n,
                     ans_rows **out)
 {
-    const uint64_t *ptr;
-    ANS_TRY(element_ptr(e, &ptr));
+    ANS_TRY(ptr_need_rows(e, rows, start, n));
 
     /* Pass 1: output size and the number of (merged) value ranges. */
     uint64_t nnz = 0, last_end = UINT64_MAX;
     size_t nr = 0;
     for (size_t i = 0; i < n; i++) {
         uint64_t r = ROW_AT(rows, start, i);
-        uint64_t a = ptr[r], b = ptr[r + 1];
+        uint64_t a = ptr_at(e, r), b = ptr_at(e, r + 1);
         if (b == a) continue;
         if (a != last_end) nr++;
         last_end = b;
@@ -600,7 +860,7 @@ static int read_csr(ans_element *e, const int64_t *rows, uint64_t start, size_t 
     put_index(indptr, wide, 0, 0);
     for (size_t i = 0; i < n; i++) {
         uint64_t r = ROW_AT(rows, start, i);
-        uint64_t a = ptr[r], b = ptr[r + 1];
+        uint64_t a = ptr_at(e, r), b = ptr_at(e, r + 1);
         cum += b - a;
         put_index(indptr, wide, i + 1, cum);
         if (b == a) continue;
@@ -661,7 +921,8 @@ typedef struct csc_sel {
     const int64_t *rows; /* NULL: the range [start, start + n) */
     uint64_t start;
     size_t n;
-    uint64_t *bitmap; /* n_obs bits, for explicit rows */
+    uint64_t lo, hi;  /* explicit rows: the smallest and largest */
+    uint64_t *bitmap; /* bits lo..hi, for explicit rows when that span is not much more than n */
     row_pos *pairs;   /* n pairs sorted by (row, pos) */
 } csc_sel;
 
@@ -674,7 +935,8 @@ static inline int sel_find(const csc_sel *s, uint64_t r, size_t *lo, size_t *hi)
         *hi = *lo + 1;
         return 1;
     }
-    if (!(s->bitmap[r >> 6] >> (r & 63) & 1)) return 0;
+    if (r < s->lo || r > s->hi) return 0;
+    if (s->bitmap && !(s->bitmap[(r - s->lo) >> 6] >> ((r - s->lo) & 63) & 1)) return 0;
     size_t a = 0, b = s->n;
     while (a < b) {
         size_t m = a + (b - a) / 2;
@@ -710,29 +972,39 @@ static int read_csc(ans_element *e, const int64_t *rows, uint64_t start, size_t 
                     ans_rows **out)
 {
     ans_ad_core *core = e->core;
-    const uint64_t *ptr;
-    ANS_TRY(element_ptr(e, &ptr));
+    ANS_TRY(ptr_need_rows(e, NULL, 0, 0)); /* validates the first and last column pointers */
     uint64_t n_obs = e->shape[0];
     size_t item = e->itemsize, ss = e->indices->itemsize;
     uint64_t total_nnz = e->nnz;
 
     int rc = ANS_OK;
-    csc_sel sel = {rows, start, n, NULL, NULL};
+    csc_sel sel = {rows, start, n, 0, 0, NULL, NULL};
     uint64_t *cursor = NULL; /* counts, then the next free slot of each output row */
     unsigned char *iblock = NULL, *dblock = NULL;
     ans_rows *res = NULL;
 
     if (rows && n > 0) {
-        uint64_t words = n_obs / 64 + 1;
-        sel.bitmap = ans_calloc((size_t)words, sizeof(uint64_t));
-        sel.pairs = ans_malloc(n * sizeof(row_pos));
-        if (!sel.bitmap || !sel.pairs) {
+        sel.lo = UINT64_MAX;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t r = (uint64_t)rows[i];
+            if (r < sel.lo) sel.lo = r;
+            if (r > sel.hi) sel.hi = r;
+        }
+        /* The bitmap spans only the requested rows' range, and only when it costs no more than
+         * the pairs (16 bytes per row) plus 512 KiB: never sized from n_obs alone. */
+        uint64_t words = (sel.hi - sel.lo) / 64 + 1;
+        if (words <= (uint64_t)n * 2 + 65536 &&
+            !(sel.bitmap = ans_calloc((size_t)words, sizeof(uint64_t)))) {
+            rc = ANS_ENOMEM;
+            goto done;
+        }
+        if (!(sel.pairs = ans_malloc(n * sizeof(row_pos)))) {
             rc = ANS_ENOMEM;
             goto done;
         }
         for (size_t i = 0; i < n; i++) {
             uint64_t r = (uint64_t)rows[i];
-            sel.bitmap[r >> 6] |= (uint64_t)1 << (r & 63);
+            if (sel.bitmap) sel.bitmap[(r - sel.lo) >> 6] |= (uint64_t)1 << ((r - sel.lo) & 63);
             sel.pairs[i] = (row_pos){r, i};
         }
         qsort(sel.pairs, n, sizeof(row_pos), cmp_row_pos);
@@ -821,7 +1093,12 @@ static int read_csc(ans_element *e, const int64_t *rows, uint64_t start, size_t 
             const uint64_t *ix = (const uint64_t *)(void *)iblock;
             for (size_t j = 0; j < cnt; j++) {
                 uint64_t k = k0 + j;
-                while (ptr[c + 1] <= k) c++; /* ends: ptr[n_cols] == nnz > k */
+                /* ends: indptr[n_cols] == nnz > k; column pointers load as the walk reaches them */
+                for (;;) {
+                    if ((rc = ptr_need_value(e, c + 1)) < 0) goto done;
+                    if (ptr_at(e, c + 1) > k) break;
+                    c++;
+                }
                 size_t lo, hi;
                 if (!sel_find(&sel, ix[j], &lo, &hi)) continue;
                 for (size_t q = lo; q < hi; q++) {
@@ -945,11 +1222,12 @@ int ans_ad_element_size_ranges(ans_element *e, const ans_range *ranges, size_t n
         out->data_bytes = (size_t)bytes;
         return ANS_OK;
     }
-    const uint64_t *ptr;
-    ANS_TRY(element_ptr(e, &ptr));
+    ANS_TRY(ptr_need_ranges(e, ranges, n));
     uint64_t nnz = 0;
     for (size_t i = 0; i < n; i++)
-        if (ans_add_overflow(nnz, ptr[ranges[i].start + ranges[i].count] - ptr[ranges[i].start],
+        if (ans_add_overflow(nnz,
+                             ptr_at(e, ranges[i].start + ranges[i].count) -
+                                 ptr_at(e, ranges[i].start),
                              &nnz))
             return ans_ad_err(e->core, ANS_EINVAL, e->key, "too many values requested");
     out->nnz = nnz;
@@ -974,8 +1252,7 @@ int ans_ad_element_read_ranges_into(ans_element *e, const ans_range *ranges, siz
         if (rows == 0 || e->dense->row_bytes == 0) return ANS_OK;
         return e->dense->ops->read(e->dense, ranges, n, data);
     }
-    const uint64_t *ptr;
-    ANS_TRY(element_ptr(e, &ptr));
+    ANS_TRY(ptr_need_ranges(e, ranges, n));
     /* indptr, and the value ranges (merged when they touch). */
     uint64_t cum = indptr_base, last_end = UINT64_MAX;
     size_t k = 0, out_row = 0;
@@ -983,10 +1260,10 @@ int ans_ad_element_read_ranges_into(ans_element *e, const ans_range *ranges, siz
     for (size_t i = 0; i < n; i++) {
         uint64_t r0 = ranges[i].start, cnt = ranges[i].count;
         for (uint64_t q = 0; q < cnt; q++) {
-            cum += ptr[r0 + q + 1] - ptr[r0 + q];
+            cum += ptr_at(e, r0 + q + 1) - ptr_at(e, r0 + q);
             indptr[++out_row] = cum;
         }
-        uint64_t a = ptr[r0], b = ptr[r0 + cnt];
+        uint64_t a = ptr_at(e, r0), b = ptr_at(e, r0 + cnt);
         if (b == a) continue;
         if (a == last_end)
             scratch[k - 1].count += b - a;
@@ -1027,13 +1304,12 @@ int ans_ad_element_row_lengths(ans_element *e, const ans_range *ranges, size_t n
     if (e->format != ANS_FORMAT_CSR)
         return ans_ad_err(e->core, ANS_EUNSUPPORTED, e->key, "row lengths need a CSR matrix");
     ANS_TRY(ranges_in_bounds(e, ranges, n, &rows));
-    const uint64_t *ptr;
-    ANS_TRY(element_ptr(e, &ptr));
+    ANS_TRY(ptr_need_ranges(e, ranges, n));
     size_t k = 0;
     for (size_t i = 0; i < n; i++)
         for (uint64_t q = 0; q < ranges[i].count; q++, k++) {
             uint64_t r = ranges[i].start + q;
-            lens[k] = ptr[r + 1] - ptr[r];
+            lens[k] = ptr_at(e, r + 1) - ptr_at(e, r);
         }
     return ANS_OK;
 }
@@ -1078,13 +1354,12 @@ int ans_ad_element_scatter_csr(ans_element *e, const ans_range *ranges, size_t n
     if (!wide && e->n_minor > (uint64_t)INT32_MAX + 1)
         return ans_ad_err(e->core, ANS_EINVAL, e->key, "int32 indices cannot hold %llu columns",
                           (unsigned long long)e->n_minor);
-    const uint64_t *ptr;
-    ANS_TRY(element_ptr(e, &ptr));
+    ANS_TRY(ptr_need_ranges(e, ranges, n));
     ans_seg *dsegs = scratch, *isegs = scratch + rows;
     size_t ns = 0, k = 0;
     for (size_t i = 0; i < n; i++)
         for (uint64_t q = 0; q < ranges[i].count; q++, k++) {
-            uint64_t r = ranges[i].start + q, a = ptr[r], c = ptr[r + 1] - a;
+            uint64_t r = ranges[i].start + q, a = ptr_at(e, r), c = ptr_at(e, r + 1) - a;
             if (!data_dst[k] || c == 0) continue;
             dsegs[ns] = (ans_seg){a, c, data_dst[k]};
             isegs[ns] = (ans_seg){a, c, idx_dst[k]};

@@ -215,6 +215,10 @@ static int h5_fail(int code, const char *file, const char *obj, const char *fmt,
         else
             snprintf(detail, sizeof detail, ": %s", info.desc);
     }
+    /* Empty this thread's error stack now: a pool worker may make no further HDF5 call to clear
+     * it, and entries left on a thread's stack keep libhdf5 from closing at exit ("HDF5: infinite
+     * loop closing library"). */
+    H5Eclear2(H5E_DEFAULT);
     if (obj) return ans_err(code, "%s: '%s': %s%s", file, obj, what, detail);
     return ans_err(code, "%s: %s%s", file, what, detail);
 }

@@ -340,6 +340,8 @@ static int unit_error(const ans_zarray *za, const uint64_t *c)
     return ans_err_prefix("%s: %s: chunk '%s'", za_store(za), za->base.path, name);
 }
 
+static const uint8_t k_empty[1] = {0}; /* the bytes of a stored unit of 0 bytes */
+
 /* Decode one unit (src NULL: missing -> fill) and scatter it to its pieces. */
 static int rd_unit(zread *rd, ans_zws *ws, const zjob *job, const uint8_t *src, size_t len)
 {
@@ -440,7 +442,9 @@ static int rd_run(void *ctx, size_t i, int slot)
         }
         for (size_t k = 0; k < run->n; k++) {
             const zjob *job = &rd->jobs[rd->order[run->j0 + k]];
-            ANS_TRY(rd_unit(rd, ws, job, ws->raw.data + (job->off - first->off), (size_t)job->nb));
+            /* never NULL for a stored unit (NULL means missing), even when it is 0 bytes */
+            const uint8_t *at = ws->raw.data ? ws->raw.data + (job->off - first->off) : k_empty;
+            ANS_TRY(rd_unit(rd, ws, job, at, (size_t)job->nb));
         }
         return ANS_OK;
     }
@@ -452,7 +456,9 @@ static int rd_run(void *ctx, size_t i, int slot)
     if (rc == ANS_ENOTFOUND) return rd_unit(rd, ws, first, NULL, 0);
     if (rc < 0) return ans_err_prefix("%s: %s: chunk '%s'", za_store(za), za->base.path,
                                       key + strlen(za->prefix));
-    return rd_unit(rd, ws, first, ws->raw.data, ws->raw.len);
+    /* an empty chunk file is present, not missing: never pass NULL for it (a fresh workspace's
+     * buffer is NULL) */
+    return rd_unit(rd, ws, first, ws->raw.data ? ws->raw.data : k_empty, ws->raw.len);
 }
 
 static int rd_fetch_shard(void *ctx, size_t i, int slot)

@@ -476,6 +476,23 @@ static int zc_open_array(ans_container *c, const char *path, ans_array **out)
     ANS_TRY(zs_node(zs, path, &nd));
     if (nd->kind != ANS_NODE_ARRAY)
         return ans_err(ANS_ENOTFOUND, "%s: no array at '%s'", zs->base.path, path);
+    if (zs->consolidated) {
+        /* The consolidated metadata only repeats the array's own document: an array whose
+         * document is gone was deleted (its chunks with it), and reading it would silently give
+         * fill values. One stat per array opened. */
+        const char *doc = zs->format == 3 ? "zarr.json" : ".zarray";
+        char *key = *nd->path ? ans_asprintf("%s/%s", nd->path, doc) : ans_strdup(doc);
+        if (!key) return ANS_ENOMEM;
+        uint64_t size;
+        int rc = ans_kv_size(zs->kv, key, &size);
+        free(key);
+        if (rc == ANS_ENOTFOUND)
+            return ans_err(ANS_ECORRUPT,
+                           "%s: array '%s' is in the consolidated metadata but its %s is missing "
+                           "(the array was deleted?)",
+                           zs->base.path, nd->path, doc);
+        if (rc < 0) return ans_err_prefix("%s: array '%s'", zs->base.path, nd->path);
+    }
     return ans_zarray_open(zs, nd->path, nd->meta, out);
 }
 
