@@ -404,18 +404,42 @@ static PyObject *rows_new(module_state *st, ans_rows *rows) {
 /* ---------------------------------------------------------------------------------------------- */
 /* Store                                                                                           */
 
+static long current_pid(void) {
+#if defined(_WIN32)
+    return (long)GetCurrentProcessId();
+#else
+    return (long)getpid();
+#endif
+}
+
 typedef struct {
     PyObject_HEAD
     ans_store *store;
     PyObject *path;    /* str */
     Py_ssize_t busy;   /* calls in flight (GIL held when changed) */
     int closing;
+    long pid;          /* process that opened it */
 } StoreObject;
+
+/* A forked child must not use, close or free a store (or element) of its parent: a parent thread
+ * may have held one of its locks, or been inside a call, at the fork. annstream.Store reopens the
+ * path in the child instead; the inherited C objects are left alone (their memory stays mapped
+ * until the child exits). */
+static int foreign_error(const char *what, long pid) {
+    PyErr_Format(PyExc_RuntimeError,
+                 "this %s was opened in process %ld; a forked child cannot use it (annstream.Store "
+                 "reopens its path in a new process)",
+                 what, pid);
+    return -1;
+}
 
 static int store_enter(StoreObject *self) {
     if (self->store == NULL || self->closing) {
         closed_error("store");
         return -1;
+    }
+    if (self->pid != current_pid()) {
+        return foreign_error("store", self->pid);
     }
     self->busy++;
     return 0;
@@ -429,7 +453,9 @@ static void Store_dealloc(PyObject *op) {
     StoreObject *self = (StoreObject *)op;
     PyTypeObject *tp = Py_TYPE(op);
     /* No call can be in flight: each one holds a reference to the store. */
-    ans_store_free(self->store);
+    if (self->pid == current_pid()) {
+        ans_store_free(self->store);
+    }
     self->store = NULL;
     Py_CLEAR(self->path);
     tp->tp_free(op);
@@ -441,6 +467,10 @@ static PyObject *Store_close(PyObject *op, PyObject *unused) {
     StoreObject *self = (StoreObject *)op;
     if (self->store == NULL || self->closing) {
         /* already closed, or being closed by another thread */
+        Py_RETURN_NONE;
+    }
+    if (self->pid != current_pid()) {
+        self->store = NULL; /* a parent's store: left alone (see foreign_error) */
         Py_RETURN_NONE;
     }
     self->closing = 1;
@@ -971,7 +1001,9 @@ static void element_leave(ElementObject *self) {
 static void Element_dealloc(PyObject *op) {
     ElementObject *self = (ElementObject *)op;
     PyTypeObject *tp = Py_TYPE(op);
-    ans_element_free(self->element);
+    if (self->store == NULL || self->store->pid == current_pid()) {
+        ans_element_free(self->element);
+    }
     self->element = NULL;
     Py_CLEAR(self->store);
     Py_CLEAR(self->key);
@@ -983,6 +1015,10 @@ static PyObject *Element_close(PyObject *op, PyObject *unused) {
     (void)unused;
     ElementObject *self = (ElementObject *)op;
     if (self->element == NULL || self->closing) {
+        Py_RETURN_NONE;
+    }
+    if (self->store != NULL && self->store->pid != current_pid()) {
+        self->element = NULL; /* a parent's element: left alone (see foreign_error) */
         Py_RETURN_NONE;
     }
     self->closing = 1;
@@ -1166,14 +1202,6 @@ typedef struct {
     long pid; /* process that got the batch: a forked child never releases it (the loader's mutex
                  may have been copied locked) */
 } BatchObject;
-
-static long current_pid(void) {
-#if defined(_WIN32)
-    return (long)GetCurrentProcessId();
-#else
-    return (long)getpid();
-#endif
-}
 
 static void Batch_dealloc(PyObject *op) {
     BatchObject *self = (BatchObject *)op;
@@ -1850,6 +1878,7 @@ static PyObject *core_open(PyObject *module, PyObject *args, PyObject *kwargs) {
     }
     s->store = store;
     s->path = Py_NewRef(path_str);
+    s->pid = current_pid();
     result = (PyObject *)s;
 finally:
     Py_XDECREF(path_str);

@@ -45,6 +45,11 @@ def open(path: str | os.PathLike[str], *, threads: int | None = None) -> Store: 
     return Store(_core.open(os.fspath(path), threads))
 
 
+# C handles a forked child inherited from its parent: kept referenced so that they are never
+# closed or freed in the child (their memory stays mapped until it exits).
+_FORK_ORPHANS: list[Any] = []
+
+
 class Store:
     """An open AnnData store. Also a context manager (closes on exit).
 
@@ -55,14 +60,35 @@ class Store:
     after it raises ValueError.
     """
 
-    __slots__ = ("__weakref__", "_core", "_elements", "_lock", "_obs_names", "_var_names")
+    __slots__ = ("__weakref__", "_c", "_elements", "_lock", "_obs_names", "_pid", "_var_names")
 
     def __init__(self, core: _core.Store) -> None:
-        self._core = core
+        self._c = core
+        self._pid = os.getpid()
         self._elements: dict[str, Element] = {}
         self._lock = threading.Lock()
         self._obs_names: np.ndarray | None = None
         self._var_names: np.ndarray | None = None
+
+    @property
+    def _core(self) -> _core.Store:
+        """The C store of this process. In a forked child (a DataLoader worker) the parent's handle
+        is left alone - a parent thread may have held one of its locks at the fork - and the path
+        is opened again, once, on first use."""
+        if self._pid != os.getpid():
+            self._reopen()
+        return self._c
+
+    def _reopen(self) -> None:
+        old = self._c
+        # Locks copied from the parent may be held by threads that do not exist here.
+        self._lock = threading.Lock()
+        self._elements = {}
+        self._pid = os.getpid()
+        _FORK_ORPHANS.append(old)  # never closed or freed in this process
+        if old.closed:
+            return  # stays closed
+        self._c = _core.open(old.path, old.threads)
 
     # ---- basic properties ----
     @property
@@ -232,15 +258,29 @@ class Element:
     ``adata.X[rows]``.
     """
 
-    __slots__ = ("_core", "_dtype", "_format", "_key", "_shape", "_store")
+    __slots__ = ("_c", "_dtype", "_format", "_key", "_pid", "_shape", "_store")
 
     def __init__(self, core: _core.Element, store: Store) -> None:
-        self._core = core
+        self._c = core
+        self._pid = os.getpid()
         self._store = weakref.ref(store)  # no reference cycle with the store's element cache
         self._key = core.key
         self._shape = tuple(core.shape)
         self._dtype = np.dtype(core.dtype)
         self._format = core.format
+
+    @property
+    def _core(self) -> _core.Element:
+        """The C element of this process (reopened through its store in a forked child)."""
+        if self._pid != os.getpid():
+            old = self._c
+            self._pid = os.getpid()
+            _FORK_ORPHANS.append(old)
+            store = self._store()
+            if store is None or store.closed:
+                raise ValueError(f"element {self._key!r}: its store is closed")
+            self._c = store._core.element(self._key)
+        return self._c
 
     @property
     def key(self) -> str:
@@ -271,6 +311,10 @@ class Element:
 
     @property
     def closed(self) -> bool:
+        if self._pid != os.getpid():
+            store = self._store()
+            if store is None or store.closed:
+                return True
         return self._core.closed
 
     def __len__(self) -> int:

@@ -379,6 +379,58 @@ def test_fork_while_other_threads_read(data):
     assert not any(t.is_alive() for t in readers)
 
 
+def test_forked_child_reopens_its_stores(data):
+    """A Store (and an Element taken from it) used in a forked child opens its path again there:
+    the parent's C handles - whose locks a parent thread may hold at the fork - are never touched
+    by the child, and using one directly raises RuntimeError instead of risking a hang."""
+    paths, _ = data
+    store = annstream.open(paths[1], threads=2)
+    element = store["X"]
+    expected = element.read_rows(np.arange(20)).toarray()
+    parent_handle = store._c
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            element.read_rows(np.arange(SIZES[1]))
+
+    t = threading.Thread(target=spin, daemon=True)
+    t.start()
+    try:
+        for k in range(20):
+            pid = os.fork()
+            if pid == 0:
+                status = 9
+                try:
+                    ok = np.array_equal(element.read_rows(np.arange(20)).toarray(), expected)
+                    ok &= np.array_equal(store["X"].read_rows(np.arange(20)).toarray(), expected)
+                    ok &= len(store.read_obs()) == SIZES[1] and store._c is not parent_handle
+                    try:
+                        parent_handle.element("X")
+                        ok = False
+                    except RuntimeError as e:
+                        ok &= "forked child" in str(e)
+                    status = 0 if ok else 3
+                finally:
+                    os._exit(status)
+            deadline = time.monotonic() + 10
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    assert status == 0, f"fork {k}: child exit status {status}"
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    pytest.fail(f"fork {k}: the child hung")
+                time.sleep(0.002)
+    finally:
+        stop.set()
+        t.join(WAIT)
+    assert store._c is parent_handle  # the parent keeps its own handle
+    store.close()
+
+
 # --------------------------------------------------------------------------------------------------
 # a store closed under a loader
 
