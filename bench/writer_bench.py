@@ -259,6 +259,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-checks", action="store_true")
     p.add_argument("--checks-for", default="", help="comma list of tools to check (default: all)")
     p.add_argument("--json-out", default=str(DATA / "writer_results.json"))
+    p.add_argument("--annstream-bin", default=str(ANNSTREAM),
+                   help="the annstream tool to run (default: the one installed in .venv)")
     a = p.parse_args(argv)
     DATA.mkdir(parents=True, exist_ok=True)
 
@@ -280,7 +282,7 @@ def main(argv=None) -> int:
             name, _, mem = tool.partition(":")  # annstream3:1GiB = 3 inputs, --memory 1GiB
             k = int(name.removeprefix("annstream") or a.n_inputs)
             out = DATA / f"writer_out_{tag}_annstream_{k}in.zarr"
-            cmd = [str(ANNSTREAM), "convert", *paths[:k], "-o", str(out), "--dataset-size", a.dataset_size,
+            cmd = [a.annstream_bin, "convert", *paths[:k], "-o", str(out), "--dataset-size", a.dataset_size,
                    "--seed", str(a.seed), "--overwrite", "--quiet"] + (["--memory", mem] if mem else [])
             timeout = None
         elif tool == "annbatch":

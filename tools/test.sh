@@ -25,6 +25,10 @@ else
 fi
 meson test -C build/c --print-errorlogs
 
+echo "== annbatch (Python 3.12 venv) for the test that annbatch's loader reads our collections"
+bash tools/setup_annbatch.sh >/dev/null ||
+  echo "annbatch venv unavailable: test_annbatch_loader_reads_output will skip"
+
 echo "== Python tests"
 python -m pytest -q tests/python
 

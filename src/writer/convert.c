@@ -5,24 +5,38 @@
  *    input's column map, the obs schema (columns, categories unified in first-seen order, the
  *    src_path categorical), the elements to carry (X, layers, obsm), the row permutation and the
  *    dataset size S.
- * 2. pass 1 (scatter): each input is read in blocks of rows through the public read path (chunks
- *    decoded in parallel on the store's pool); each row becomes one record
- *        [u64 pos][u64 record bytes][obs values][per element: u32 nnz, u32 indices, values | row]
- *    appended to the buffer of its output dataset pos / S, flushed to "<runs>/d<d>" when full.
- * 3. pass 2 (write): per dataset, its run file is loaded in slices of positions that fit the
- *    budget (a file over budget is first split by position into smaller runs, recursively), its
- *    records placed by position and appended to the dataset's streaming writers.
+ * 2. pass 1 (scatter): each input is read in blocks of rows into reused buffers, by a reader
+ *    thread one block ahead of the encoding (an .h5ad input is first handed to the kernel's
+ *    readahead whole, and dropped from the page cache when done). The rows of a block are encoded
+ *    in parallel on the pool, each into one record
+ *        [u64 pos][u64 record bytes][obs values][per element: compact row (encode_elem) | row]
+ *    and appended to the buffer of its run slice (output dataset pos / S, then R positions per
+ *    slice), written to "<runs>/d<d>.<j>" (O_DIRECT where possible) in whole blocks.
+ * 3. pass 2 (write): per dataset, each slice's run file is loaded whole (the next one is read
+ *    on a thread meanwhile; a file over budget is first split by position into smaller runs,
+ *    recursively), its records placed by position and appended in bounded batches to the
+ *    dataset's streaming writers (zarrw.c compresses shards in parallel and writes them with
+ *    O_DIRECT).
+ *
+ * Where the time went (1.02M cells, 8.4 GB of uncompressed .h5ad, 2-CPU VM): the kernel's copies
+ * through the page cache and the zeroing of fresh pages, more than the encoding itself. Hence the
+ * compact run records (1/3 of the raw size), direct I/O for run files and shards, and buffers
+ * reused rather than reallocated. bench/WRITER.md has the measurements.
  */
-#define _XOPEN_SOURCE 700 /* nftw, mkdtemp */
+#define _GNU_SOURCE /* O_DIRECT; nftw, mkdtemp */
 #include "annstream.h"
 #include "common/error.h"
 #include "common/mem.h"
+#include "anndata/anndata.h"
 #include "common/pool.h"
 #include "loader/sampler.h"
 #include "writer/adw.h"
 #include "writer/zarrw.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <inttypes.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +45,7 @@
 #include <unistd.h>
 
 #define NONE32 UINT32_MAX
+
 
 /* ---- small helpers ----------------------------------------------------------------------------
  */
@@ -330,6 +345,10 @@ typedef struct cv {
     uint64_t *table;
     ans_perm perm;
     uint64_t S, n_ds;
+    uint64_t R, kpd;     /* run slices: rows per slice, slices per dataset */
+    uint64_t emit_rows;  /* pass 2: records decoded per emit call */
+    ans_buf didx, dval;  /* pass 2: a dense row's decoded columns and values */
+    uint64_t *slen;      /* per slice: bytes of records in its run file (the rest is padding) */
     char *runs; /* run-file directory */
     hset names;
     int names_fallback;
@@ -710,38 +729,448 @@ static int add_elem(cv *c, const char *key, int var_aligned)
     return rc;
 }
 
-/* Estimated record bytes per row (sampling the first rows of each input's sparse elements). */
-static int estimate_row_bytes(cv *c, double *out)
+/* ---- record encoding --------------------------------------------------------------------------
+ *
+ * A var-aligned element's row is stored in the run files as
+ *     [u32 nk][u8 width][u32 ibytes][ibytes: LEB128 deltas of the output columns][nk values]
+ * where width 1 / 2 means every value is a small non-negative integer stored as u8 / u16 (exactly
+ * representable: decoding gives the same bits), and 0 means the values as they are (output dtype).
+ * Counts are mostly small integers and the columns of a row are sorted, so a typical record is a
+ * third of its raw size: less to write and read back.
+ */
+
+#define PUT(buf, ptr, n)                                                                           \
+    do {                                                                                           \
+        if ((rc = ans_buf_append((buf), (ptr), (n))) != ANS_OK) goto out;                          \
+    } while (0)
+
+typedef struct pairsort {
+    uint32_t idx;
+    uint32_t k;
+} pairsort;
+
+/* by output column, then input position (qsort is not stable; duplicates keep their order) */
+static int cmp_pair(const void *a, const void *b)
 {
-    double total = 0;
-    for (size_t s = 0; s < c->n_in; s++) {
-        double per = 16 + 8.0 * (double)c->n_cols + 24;
+    const pairsort *x = a, *y = b;
+    if (x->idx != y->idx) return x->idx < y->idx ? -1 : 1;
+    return x->k < y->k ? -1 : x->k > y->k;
+}
+
+/* Rows of one element as read: dense (rows x n_vars values) or CSR. */
+typedef struct rowview {
+    int dense;
+    ans_dtype dtype;
+    int idx64, ptr64; /* indices / indptr int64 (else int32) */
+    const uint8_t *data;
+    const void *indices, *indptr;
+} rowview;
+
+static rowview rowview_of(const ans_rows *r)
+{
+    rowview v;
+    v.dense = ans_rows_format(r) == ANS_FORMAT_DENSE;
+    v.dtype = ans_rows_dtype(r);
+    v.idx64 = v.ptr64 = !v.dense && ans_rows_index_dtype(r) == ANS_DTYPE_INT64;
+    v.data = ans_rows_data(r);
+    v.indices = v.dense ? NULL : ans_rows_indices(r);
+    v.indptr = v.dense ? NULL : ans_rows_indptr(r);
+    return v;
+}
+
+typedef struct enc_scratch {
+    pairsort *ps;
+    size_t ps_cap;
+    ans_buf vals; /* the row's kept values in the output dtype */
+    ans_buf small;
+} enc_scratch;
+
+static void enc_scratch_free(enc_scratch *x)
+{
+    free(x->ps);
+    ans_buf_free(&x->vals);
+    ans_buf_free(&x->small);
+    memset(x, 0, sizeof *x);
+}
+
+/* The value at p (type t) as an integer in [0, 65535] that converts back to the same bytes. */
+static int small_of(const uint8_t *p, ans_dtype t, uint32_t *u)
+{
+    switch (t) {
+    case ANS_DTYPE_FLOAT32: {
+        float f, b;
+        memcpy(&f, p, 4);
+        if (!(f >= 0.0f && f <= 65535.0f)) return 0;
+        *u = (uint32_t)f;
+        b = (float)*u;
+        return memcmp(&b, &f, 4) == 0;
+    }
+    case ANS_DTYPE_FLOAT64: {
+        double f, b;
+        memcpy(&f, p, 8);
+        if (!(f >= 0.0 && f <= 65535.0)) return 0;
+        *u = (uint32_t)f;
+        b = (double)*u;
+        return memcmp(&b, &f, 8) == 0;
+    }
+    case ANS_DTYPE_INT16:
+    case ANS_DTYPE_UINT16:
+    case ANS_DTYPE_INT32:
+    case ANS_DTYPE_UINT32:
+    case ANS_DTYPE_INT64:
+    case ANS_DTYPE_UINT64: {
+        int64_t v = rd_i64(t, p, 0);
+        if (t == ANS_DTYPE_UINT64 && v < 0) return 0; /* >= 2^63 */
+        if (v < 0 || v > 65535) return 0;
+        *u = (uint32_t)v;
+        return 1;
+    }
+    default: /* 1-byte types: stored as they are */
+        return 0;
+    }
+}
+
+/* n small integers (width 1 or 2 bytes at src) written as type t at dst. */
+static void small_to(uint8_t *dst, ans_dtype t, const uint8_t *src, int width, uint32_t n)
+{
+#define SMALL_LOOP(T)                                                                              \
+    for (uint32_t q = 0; q < n; q++) {                                                             \
+        uint32_t u = width == 1 ? src[q] : (uint32_t)src[2 * q] | (uint32_t)src[2 * q + 1] << 8;   \
+        T v = (T)u;                                                                                \
+        memcpy(dst + (size_t)q * sizeof(T), &v, sizeof(T));                                        \
+    }
+    switch (t) {
+    case ANS_DTYPE_FLOAT32:
+        SMALL_LOOP(float);
+        break;
+    case ANS_DTYPE_FLOAT64:
+        SMALL_LOOP(double);
+        break;
+    case ANS_DTYPE_INT16:
+        SMALL_LOOP(int16_t);
+        break;
+    case ANS_DTYPE_UINT16:
+        SMALL_LOOP(uint16_t);
+        break;
+    case ANS_DTYPE_INT32:
+        SMALL_LOOP(int32_t);
+        break;
+    case ANS_DTYPE_UINT32:
+        SMALL_LOOP(uint32_t);
+        break;
+    case ANS_DTYPE_INT64:
+        SMALL_LOOP(int64_t);
+        break;
+    case ANS_DTYPE_UINT64:
+        SMALL_LOOP(uint64_t);
+        break;
+    default:
+        break;
+    }
+#undef SMALL_LOOP
+}
+
+#define ENC_FALLBACK 1 /* encode_csr_f32: use the general path */
+
+/* encode_elem for a CSR row of n float32 values with int32 columns, when the remapped columns
+ * come out in order (else ENC_FALLBACK, nothing appended: the general path sorts them). */
+static int encode_csr_f32(const cv_input *in, const int32_t *ind, const float *val, uint32_t n,
+                          ans_buf *out, enc_scratch *x, uint32_t *nk_out)
+{
+    size_t at = out->len;
+    int rc;
+    if ((rc = ans_buf_resize(out, at + 9 + (size_t)n * 9))) return rc;
+    if ((rc = ans_buf_resize(&x->vals, (size_t)n * 4 + 8))) return rc;
+    float *tv = (float *)(void *)x->vals.data;
+    uint8_t *p0 = out->data + at + 9, *p = p0;
+    uint32_t prev = 0, nk = 0, umax = 0;
+    int small = 1;
+    for (uint32_t q = 0; q < n; q++) {
+        uint32_t col = (uint32_t)ind[q];
+        uint32_t oc = col < in->n_vars ? in->vmap[col] : NONE32;
+        if (oc == NONE32) continue;
+        if (oc < prev) {
+            out->len = at;
+            return ENC_FALLBACK;
+        }
+        uint32_t dlt = oc - prev;
+        prev = oc;
+        while (dlt >= 0x80) {
+            *p++ = (uint8_t)(dlt | 0x80);
+            dlt >>= 7;
+        }
+        *p++ = (uint8_t)dlt;
+        float f = val[q];
+        tv[nk++] = f;
+        if (small) {
+            if (f >= 0.0f && f <= 65535.0f) {
+                uint32_t u = (uint32_t)f;
+                float b = (float)u;
+                small = memcmp(&b, &f, 4) == 0;
+                umax |= u;
+            } else {
+                small = 0;
+            }
+        }
+    }
+    uint32_t ibytes = (uint32_t)(p - p0);
+    int width = !small ? 0 : umax < 256 ? 1 : 2;
+    uint8_t *h = out->data + at;
+    memcpy(h, &nk, 4);
+    h[4] = (uint8_t)width;
+    memcpy(h + 5, &ibytes, 4);
+    if (width == 0) {
+        memcpy(p, tv, (size_t)nk * 4);
+        p += (size_t)nk * 4;
+    } else if (width == 1) {
+        for (uint32_t q = 0; q < nk; q++)
+            p[q] = (uint8_t)(uint32_t)tv[q];
+        p += nk;
+    } else {
+        for (uint32_t q = 0; q < nk; q++) {
+            uint32_t u = (uint32_t)tv[q];
+            p[2 * q] = (uint8_t)u;
+            p[2 * q + 1] = (uint8_t)(u >> 8);
+        }
+        p += 2 * (size_t)nk;
+    }
+    out->len = (size_t)(p - out->data);
+    *nk_out = nk;
+    return ANS_OK;
+}
+
+/* Append row lr of `rw` (input `in`) for the var-aligned element e to `out`; *nk_out = values
+ * kept. */
+static int encode_elem(const cv_elem *e, const cv_input *in, const rowview *rw, uint64_t lr,
+                       ans_buf *out, enc_scratch *x, uint32_t *nk_out)
+{
+    ans_dtype it = rw->dtype, ot = e->dtype;
+    size_t isz = ans_dtype_size(it), osz = ans_dtype_size(ot);
+    uint64_t a0, a1;
+    const uint8_t *vals = rw->data;
+    int dense = rw->dense;
+    int i32 = !dense && !rw->idx64;
+    if (dense) {
+        a0 = lr * in->n_vars;
+        a1 = a0 + in->n_vars;
+    } else if (!rw->ptr64) {
+        a0 = (uint64_t)((const int32_t *)rw->indptr)[lr];
+        a1 = (uint64_t)((const int32_t *)rw->indptr)[lr + 1];
+    } else {
+        a0 = (uint64_t)((const int64_t *)rw->indptr)[lr];
+        a1 = (uint64_t)((const int64_t *)rw->indptr)[lr + 1];
+    }
+    if (a1 - a0 > UINT32_MAX - 16)
+        return ans_err(ANS_EINVAL, "a row has more than 2^32 values");
+    int rc;
+    if (!dense && i32 && it == ANS_DTYPE_FLOAT32 && ot == ANS_DTYPE_FLOAT32) {
+        /* the common case in one pass: columns remapped in order, float32 values */
+        rc = encode_csr_f32(in, (const int32_t *)rw->indices + a0, (const float *)rw->data + a0,
+                            (uint32_t)(a1 - a0), out, x, nk_out);
+        if (rc != ENC_FALLBACK) return rc;
+    }
+    if (a1 - a0 > x->ps_cap) {
+        size_t ncap = (size_t)(a1 - a0) + 16;
+        pairsort *np = ans_realloc(x->ps, ncap * sizeof *np);
+        if (!np) return ANS_ENOMEM;
+        x->ps = np;
+        x->ps_cap = ncap;
+    }
+    pairsort *ps = x->ps;
+    uint32_t nk = 0;
+    int sorted = 1;
+    const int32_t *ind32 = i32 ? (const int32_t *)rw->indices : NULL;
+    const int64_t *ind64 = !dense && !i32 ? (const int64_t *)rw->indices : NULL;
+    for (uint64_t q = a0; q < a1; q++) {
+        uint64_t col;
+        if (dense) {
+            col = q - a0;
+            const uint8_t *vp = vals + q * isz;
+            int zero = 1;
+            for (size_t b = 0; b < isz; b++)
+                zero &= vp[b] == 0;
+            if (zero) continue;
+        } else if (ind32) {
+            col = (uint64_t)(uint32_t)ind32[q];
+        } else {
+            col = (uint64_t)ind64[q];
+        }
+        uint32_t oc2 = col < in->n_vars ? in->vmap[col] : NONE32;
+        if (oc2 == NONE32) continue;
+        if (nk && ps[nk - 1].idx > oc2) sorted = 0;
+        ps[nk].idx = oc2;
+        ps[nk++].k = (uint32_t)(q - a0);
+    }
+    if (!sorted) qsort(ps, nk, sizeof *ps, cmp_pair);
+    /* the kept values in the output dtype, and whether they are all small integers */
+    if ((rc = ans_buf_resize(&x->vals, (size_t)nk * osz + 8))) return rc;
+    if ((rc = ans_buf_resize(&x->small, (size_t)nk * 4 + 8))) return rc;
+    uint8_t *ov = x->vals.data;
+    uint32_t *sv = (uint32_t *)(void *)x->small.data, umax = 0;
+    int small = osz > 1;
+    if (it == ot) {
+        for (uint32_t q = 0; q < nk; q++)
+            memcpy(ov + (size_t)q * osz, vals + (a0 + ps[q].k) * osz, osz);
+    } else {
+        for (uint32_t q = 0; q < nk; q++)
+            cast_one(ov + (size_t)q * osz, ot, vals, it, a0 + ps[q].k);
+    }
+    if (ot == ANS_DTYPE_FLOAT32) { /* the common case, without the switch per value */
+        for (uint32_t q = 0; q < nk && small; q++) {
+            float f, b;
+            memcpy(&f, ov + (size_t)q * 4, 4);
+            if (!(f >= 0.0f && f <= 65535.0f)) {
+                small = 0;
+                break;
+            }
+            sv[q] = (uint32_t)f;
+            b = (float)sv[q];
+            small = memcmp(&b, &f, 4) == 0;
+            umax |= sv[q];
+        }
+    } else {
+        for (uint32_t q = 0; q < nk && small; q++) {
+            small = small_of(ov + (size_t)q * osz, ot, &sv[q]);
+            if (small) umax |= sv[q];
+        }
+    }
+    int width = !small ? 0 : umax < 256 ? 1 : 2;
+    if (width >= (int)osz) width = 0;
+    size_t vbytes = width ? (size_t)nk * (size_t)width : (size_t)nk * osz;
+    size_t at = out->len;
+    if ((rc = ans_buf_resize(out, at + 9 + (size_t)nk * 5 + vbytes))) return rc;
+    uint8_t *p = out->data + at;
+    memcpy(p, &nk, 4);
+    p[4] = (uint8_t)width;
+    uint8_t *ib = p + 5;
+    p += 9;
+    uint8_t *p0 = p;
+    uint32_t prev = 0;
+    for (uint32_t q = 0; q < nk; q++) {
+        uint32_t dlt = ps[q].idx - prev;
+        prev = ps[q].idx;
+        while (dlt >= 0x80) {
+            *p++ = (uint8_t)(dlt | 0x80);
+            dlt >>= 7;
+        }
+        *p++ = (uint8_t)dlt;
+    }
+    uint32_t ibytes = (uint32_t)(p - p0);
+    memcpy(ib, &ibytes, 4);
+    if (width == 0) {
+        memcpy(p, ov, vbytes);
+    } else if (width == 1) {
+        for (uint32_t q = 0; q < nk; q++)
+            p[q] = (uint8_t)sv[q];
+    } else {
+        for (uint32_t q = 0; q < nk; q++) {
+            p[2 * q] = (uint8_t)sv[q];
+            p[2 * q + 1] = (uint8_t)(sv[q] >> 8);
+        }
+    }
+    p += vbytes;
+    out->len = (size_t)(p - out->data);
+    *nk_out = nk;
+    return ANS_OK;
+}
+
+/* Decode one var-aligned element row at *pp (record end `end`): its columns (u32, < nv) into
+ * idx and its values (output dtype) into val, each with room for nk; *pp moves past it. */
+static int decode_elem(const uint8_t **pp, const uint8_t *end, const cv_elem *e, uint64_t nv,
+                       uint32_t nk, uint32_t *idx, uint8_t *val)
+{
+    const uint8_t *p = *pp;
+    size_t osz = ans_dtype_size(e->dtype);
+    uint32_t ibytes;
+    int width = p[4];
+    memcpy(&ibytes, p + 5, 4);
+    p += 9;
+    size_t vbytes = (size_t)nk * (width ? (size_t)width : osz);
+    if (width > 2 || ibytes > (size_t)(end - p) || vbytes > (size_t)(end - p) - ibytes)
+        return ans_err(ANS_ECORRUPT, "a run file record is damaged");
+    const uint8_t *ie = p + ibytes;
+    uint64_t colv = 0;
+    for (uint32_t q = 0; q < nk; q++) {
+        uint64_t dlt = 0;
+        int sh = 0;
+        for (;;) {
+            if (p >= ie || sh > 28) return ans_err(ANS_ECORRUPT, "a run file record is damaged");
+            uint8_t b = *p++;
+            dlt |= (uint64_t)(b & 0x7f) << sh;
+            if (!(b & 0x80)) break;
+            sh += 7;
+        }
+        colv += dlt;
+        if (colv >= nv) return ans_err(ANS_ECORRUPT, "a run file record is damaged");
+        idx[q] = (uint32_t)colv;
+    }
+    if (p != ie) return ans_err(ANS_ECORRUPT, "a run file record is damaged");
+    if (width == 0)
+        memcpy(val, p, vbytes);
+    else
+        small_to(val, e->dtype, p, width, nk);
+    *pp = p + vbytes;
+    return ANS_OK;
+}
+
+/* Estimated bytes per row: *out as the rows are in memory (values + 4-byte indices; the dataset
+ * size in bytes and the read blocks use it), *compact as the run files store them (sampling up to
+ * 256 rows of each input). */
+static int estimate_row_bytes(cv *c, double *out, double *compact)
+{
+    double total = 0, ctotal = 0;
+    enc_scratch x = {0};
+    ans_buf tmp = {0};
+    int rc = ANS_OK;
+    for (size_t s = 0; s < c->n_in && rc == ANS_OK; s++) {
+        double per = 16 + 8.0 * (double)c->n_cols + 24, cper = per;
         uint64_t n = c->in[s].n_obs < 256 ? c->in[s].n_obs : 256;
-        for (size_t k = 0; k < c->n_el; k++) {
+        for (size_t k = 0; k < c->n_el && rc == ANS_OK; k++) {
             cv_elem *e = &c->el[k];
             if (!e->var_aligned) {
                 per += (double)e->row_bytes;
+                cper += (double)e->row_bytes;
                 continue;
             }
             ans_element *h = NULL;
-            int rc = ans_store_element(&h, c->in[s].st, e->key);
-            if (rc != ANS_OK) return rc;
+            if ((rc = ans_store_element(&h, c->in[s].st, e->key))) break;
             size_t vs = ans_dtype_size(e->dtype);
-            if (ans_element_format(h) == ANS_FORMAT_DENSE || !n) {
+            if (!n) {
                 per += (double)(vs + 4) * (double)c->in[s].n_vars * 0.5 + 4;
+                cper += (double)(vs + 4) * (double)c->in[s].n_vars * 0.5 + 4;
             } else {
                 ans_rows *r = NULL;
                 rc = ans_element_read_range(h, 0, n, &r);
-                if (rc == ANS_OK) per += (double)ans_rows_nnz(r) / (double)n * (double)(vs + 4) + 4;
+                tmp.len = 0;
+                uint64_t kept = 0;
+                rowview v;
+                if (rc == ANS_OK) v = rowview_of(r);
+                for (uint64_t i = 0; rc == ANS_OK && i < n; i++) {
+                    uint32_t nk;
+                    rc = encode_elem(e, &c->in[s], &v, i, &tmp, &x, &nk);
+                    kept += nk;
+                }
+                if (rc == ANS_OK) {
+                    if (ans_element_format(h) == ANS_FORMAT_DENSE)
+                        per += (double)(vs + 4) * (double)c->in[s].n_vars * 0.5 + 4;
+                    else
+                        per += (double)kept / (double)n * (double)(vs + 4) + 4;
+                    cper += (double)tmp.len / (double)n;
+                }
                 ans_rows_free(r);
             }
             ans_element_free(h);
-            if (rc != ANS_OK) return rc;
         }
         total += per * (double)c->in[s].n_obs;
+        ctotal += cper * (double)c->in[s].n_obs;
     }
+    enc_scratch_free(&x);
+    ans_buf_free(&tmp);
+    if (rc != ANS_OK) return rc;
     *out = c->n_total ? total / (double)c->n_total : 64;
+    *compact = c->n_total ? ctotal / (double)c->n_total : 64;
     if (*out < 1) *out = 1;
+    if (*compact < 1) *compact = 1;
     return ANS_OK;
 }
 
@@ -780,47 +1209,367 @@ static int build_perm(cv *c)
     return ANS_OK;
 }
 
+/* ---- run files ------------------------------------------------------------------------------
+ *
+ * Run files are written and read with O_DIRECT where the file system allows it: from and into our
+ * own (reused) buffers, without copying every byte through the page cache, which on the
+ * development VM cost more kernel time than the rest of the conversion. Every write but a slice's
+ * last is a multiple of ALIGN bytes; the last is padded with zeros and the slice's real length
+ * kept in c->slen. Without O_DIRECT (tmpfs, ...) the same calls are plain buffered I/O.
+ */
+#define ALIGN 4096
+
+/* A byte buffer whose data is ALIGN-aligned. */
+typedef struct abuf {
+    uint8_t *p;
+    size_t len, cap;
+} abuf;
+
+static int abuf_reserve(abuf *b, size_t n)
+{
+    if (n <= b->cap) return ANS_OK;
+    size_t cap = b->cap ? b->cap : 2 * ALIGN;
+    while (cap < n)
+        cap = cap > SIZE_MAX / 4 ? n : cap * 2;
+    cap = (cap + ALIGN - 1) / ALIGN * ALIGN;
+    void *q = NULL;
+    if (posix_memalign(&q, ALIGN, cap) != 0 || !q) return ans_err(ANS_ENOMEM, "out of memory");
+    if (b->len) memcpy(q, b->p, b->len);
+    free(b->p);
+    b->p = q;
+    b->cap = cap;
+    return ANS_OK;
+}
+
+static int abuf_append(abuf *b, const void *d, size_t n)
+{
+    int rc = abuf_reserve(b, b->len + n);
+    if (rc) return rc;
+    memcpy(b->p + b->len, d, n);
+    b->len += n;
+    return ANS_OK;
+}
+
+static void abuf_free(abuf *b)
+{
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
+/* open(2) with O_DIRECT when the file system takes it, else without. */
+static int open_direct(const char *path, int flags)
+{
+#ifdef O_DIRECT
+    int fd = open(path, flags | O_DIRECT | O_CLOEXEC, 0600);
+    if (fd >= 0 || errno != EINVAL) return fd;
+#endif
+    return open(path, flags | O_CLOEXEC, 0600);
+}
+
+/* pwrite all n bytes at off; a direct write refused for its alignment is retried buffered. */
+static int write_all(int fd, const uint8_t *p, size_t n, uint64_t off)
+{
+    while (n) {
+        ssize_t w = pwrite(fd, p, n, (off_t)off);
+        if (w < 0 && errno == EINTR) continue;
+#ifdef O_DIRECT
+        if (w < 0 && errno == EINVAL) {
+            int fl = fcntl(fd, F_GETFL);
+            if (fl >= 0 && (fl & O_DIRECT) && fcntl(fd, F_SETFL, fl & ~O_DIRECT) == 0) continue;
+        }
+#endif
+        if (w <= 0) return -1;
+        p += w;
+        n -= (size_t)w;
+        off += (uint64_t)w;
+    }
+    return 0;
+}
+
 /* ---- pass 1: scatter --------------------------------------------------------------------------
  */
 
+/* Run slices: dataset d's positions [d S, d S + S) are cut into `kpd` slices of `R` rows, each
+ * with its own run file "<runs>/d<d>.<j>", sized so that a slice's file fits the pass-2 budget. */
+static uint64_t slice_of(const cv *c, uint64_t pos)
+{
+    uint64_t d = pos / c->S;
+    return d * c->kpd + (pos - d * c->S) / c->R;
+}
+
+static void slice_range(const cv *c, uint64_t sid, uint64_t *lo, uint64_t *hi)
+{
+    uint64_t d = sid / c->kpd, j = sid % c->kpd;
+    uint64_t dl = d * c->S, dh = dl + c->S < c->n_total ? dl + c->S : c->n_total;
+    uint64_t a = dl + j * c->R, z = a + c->R;
+    if (a > dh) a = dh;
+    if (z > dh) z = dh;
+    *lo = a;
+    *hi = z;
+}
+
+static void slice_path(const cv *c, uint64_t sid, char *path, size_t cap)
+{
+    snprintf(path, cap, "%s/d%llu.%llu", c->runs, (unsigned long long)(sid / c->kpd),
+             (unsigned long long)(sid % c->kpd));
+}
+
 typedef struct scatter {
-    ans_buf *bufs; /* per dataset */
-    size_t cap;    /* flush threshold per dataset */
+    abuf *bufs;   /* per slice */
+    uint64_t *off; /* per slice: bytes in its file */
+    size_t cap;   /* flush threshold per slice */
 } scatter;
 
-static int flush_ds(cv *c, scatter *sc, uint64_t d)
+/* Write slice sid's buffer: its whole ALIGN-sized blocks (the rest stays buffered), or with
+ * `last`, everything (padded). */
+static int flush_slice(cv *c, scatter *sc, uint64_t sid, int last)
 {
-    ans_buf *b = &sc->bufs[d];
-    if (!b->len) return ANS_OK;
+    abuf *b = &sc->bufs[sid];
+    size_t n = last ? (b->len + ALIGN - 1) / ALIGN * ALIGN : b->len / ALIGN * ALIGN;
+    if (!n) return ANS_OK;
+    int rc = abuf_reserve(b, n);
+    if (rc) return rc;
+    if (n > b->len) memset(b->p + b->len, 0, n - b->len);
     char path[4096];
-    snprintf(path, sizeof path, "%s/d%llu", c->runs, (unsigned long long)d);
-    FILE *f = fopen(path, "ab");
-    if (!f) return ans_err(ANS_EIO, "%s: cannot open '%s': %s", c->output, path, strerror(errno));
-    size_t w = fwrite(b->data, 1, b->len, f);
-    int bad = w != b->len || fclose(f) != 0;
+    slice_path(c, sid, path, sizeof path);
+    int fd = open_direct(path, O_WRONLY | O_CREAT);
+    if (fd < 0)
+        return ans_err(ANS_EIO, "%s: cannot open '%s': %s", c->output, path, strerror(errno));
+    int bad = write_all(fd, b->p, n, sc->off[sid]);
+    bad |= close(fd) != 0;
     if (bad)
         return ans_err(ANS_EIO, "%s: writing '%s' failed: %s", c->output, path, strerror(errno));
-    b->len = 0;
-    if (b->cap > sc->cap * 2) { /* keep the buffers bounded after a large record */
-        ans_buf_free(b);
+    sc->off[sid] += n;
+    if (last) {
+        c->slen[sid] += b->len;
+        b->len = 0;
+    } else {
+        c->slen[sid] += n;
+        memmove(b->p, b->p + n, b->len - n);
+        b->len -= n;
+    }
+    if (b->cap > sc->cap * 2 + ALIGN) { /* keep the buffers bounded after a large record */
+        abuf tmp = {0};
+        if (b->len && (rc = abuf_append(&tmp, b->p, b->len))) return rc;
+        abuf_free(b);
+        *b = tmp;
     }
     return ANS_OK;
 }
 
-#define PUT(buf, ptr, n)                                                                           \
-    do {                                                                                           \
-        if ((rc = ans_buf_append((buf), (ptr), (n))) != ANS_OK) goto out;                          \
-    } while (0)
+/* Encoding one block of rows: split into parts encoded in parallel on the pool, each part into
+ * its own buffer (records back to back), then appended to the slice buffers in order. */
+typedef struct enc_part {
+    ans_buf out;
+    enc_scratch x;
+    uint64_t *nnz; /* per element and dataset: values kept */
+} enc_part;
 
-typedef struct pairsort {
-    uint32_t idx;
-    uint32_t k;
-} pairsort;
+typedef struct enc_job {
+    cv *c;
+    size_t s;
+    const ans_column *oc, *idx;
+    const rowview *views;
+    uint64_t r0, r1, per;
+    const uint8_t *suffix; /* per row of the block: the obs name gets "-<s>" */
+    const char *sfx;
+    size_t sfx_len;
+    enc_part *parts;
+} enc_job;
 
-static int cmp_pair(const void *a, const void *b)
+static int encode_row(cv *c, size_t s, const ans_column *oc, const ans_column *idx,
+                      const rowview *views, uint64_t r0, uint64_t r, int suffix, const char *sfx,
+                      size_t sfx_len, enc_part *pt)
 {
-    const pairsort *x = a, *y = b;
-    return x->idx < y->idx ? -1 : x->idx > y->idx;
+    cv_input *in = &c->in[s];
+    ans_buf *rec = &pt->out;
+    size_t start = rec->len;
+    uint64_t g = in->offset + r, pos = pos_of(c, g), d = pos / c->S;
+    int rc = ANS_OK;
+    uint64_t hdr[2] = {pos, 0};
+    PUT(rec, hdr, sizeof hdr);
+    {
+        const char *nm = idx->str_data + idx->str_offsets[r];
+        uint32_t len = (uint32_t)(idx->str_offsets[r + 1] - idx->str_offsets[r]);
+        uint32_t tl = len + (suffix ? (uint32_t)sfx_len : 0);
+        PUT(rec, &tl, 4);
+        PUT(rec, nm, len);
+        if (suffix) PUT(rec, sfx, sfx_len);
+    }
+    for (size_t k = 0; k < c->n_cols; k++) {
+        cv_col *col = &c->cols[k];
+        const ans_column *a = &oc[k];
+        if (col->kind == OC_CAT) {
+            int32_t code = -1;
+            if (col->is_src && col->ncmap[s] == UINT64_MAX) {
+                code = (int32_t)col->cmap[s][0];
+            } else {
+                int64_t ic = rd_i64(a->dtype, a->values, r);
+                if (ic >= 0 && (uint64_t)ic < col->ncmap[s]) code = (int32_t)col->cmap[s][ic];
+            }
+            PUT(rec, &code, 4);
+        } else if (col->kind == OC_STR) {
+            uint32_t len = (uint32_t)(a->str_offsets[r + 1] - a->str_offsets[r]);
+            PUT(rec, &len, 4);
+            PUT(rec, a->str_data + a->str_offsets[r], len);
+        } else {
+            uint8_t v[8];
+            cast_one(v, col->dtype, a->values, a->dtype, r);
+            PUT(rec, v, ans_dtype_size(col->dtype));
+            if (col->kind != OC_NUM) {
+                uint8_t m = a->mask ? a->mask[r] : 0;
+                PUT(rec, &m, 1);
+            }
+        }
+    }
+    for (size_t k = 0; k < c->n_el; k++) {
+        cv_elem *e = &c->el[k];
+        uint64_t lr = r - r0;
+        if (!e->var_aligned) {
+            PUT(rec, views[k].data + lr * e->row_bytes, e->row_bytes);
+            continue;
+        }
+        uint32_t nk;
+        if ((rc = encode_elem(e, in, &views[k], lr, rec, &pt->x, &nk))) goto out;
+        if (pt->nnz) pt->nnz[k * c->n_ds + d] += nk;
+    }
+    uint64_t len = rec->len - start;
+    memcpy(rec->data + start + 8, &len, 8);
+out:
+    return rc;
+}
+
+static int enc_job_fn(void *ctx, size_t i, int slot)
+{
+    (void)slot;
+    enc_job *j = ctx;
+    enc_part *pt = &j->parts[i];
+    pt->out.len = 0;
+    uint64_t a = j->r0 + i * j->per, z = a + j->per < j->r1 ? a + j->per : j->r1;
+    for (uint64_t r = a; r < z; r++) {
+        int rc = encode_row(j->c, j->s, j->oc, j->idx, j->views, j->r0, r, j->suffix[r - j->r0],
+                            j->sfx, j->sfx_len, pt);
+        if (rc) return rc;
+    }
+    return ANS_OK;
+}
+
+/* Memory the kernel could give without swapping (MemAvailable: free + reclaimable cache). */
+static uint64_t mem_available(void)
+{
+    uint64_t kb = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[256];
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %" SCNu64 " kB", &kb) == 1) break;
+        fclose(f);
+    }
+    if (kb) return kb * 1024;
+    long pg = sysconf(_SC_PAGESIZE), av = sysconf(_SC_AVPHYS_PAGES);
+    return pg > 0 && av > 0 ? (uint64_t)pg * (uint64_t)av : 0;
+}
+
+/* Ask the kernel to start reading a single-file input (.h5ad) in the background: sequential
+ * readahead in large requests costs far less CPU than the page-sized reads libhdf5's preads would
+ * trigger on their own. Only when the file is well within free memory; a hint, failures ignored. */
+static int prefetch_file(const char *path)
+{
+    struct stat st;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) return 0;
+    if ((uint64_t)st.st_size > mem_available() / 2) return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    int ok = posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED) == 0;
+    close(fd);
+    return ok;
+}
+
+/* Drop a file read once from the page cache (after prefetch_file): its pages go back to the free
+ * lists at once instead of being reclaimed later, under the pressure of the next input's. */
+static void release_file(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    (void)posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
+}
+
+/* One block of rows of every element, read by a reader thread into buffers reused from block to
+ * block (fresh buffers would cost the kernel a page fault and a zeroed page per 4 KiB: 10% of the
+ * time), while the previous block is encoded. */
+typedef struct elbuf {
+    ans_buf data, ind, ptr;
+    ans_range scratch[1];
+    ans_rows *rows; /* CSC elements: the public read, converted to CSR */
+} elbuf;
+
+typedef struct blockrd {
+    cv *c;
+    size_t s;
+    ans_element **eh;
+    elbuf *eb;     /* per element */
+    rowview *view; /* per element */
+    uint64_t r0, r1;
+    int rc;
+    char msg[1024];
+} blockrd;
+
+static int read_block(blockrd *b)
+{
+    cv *c = b->c;
+    cv_input *in = &c->in[b->s];
+    int rc = ANS_OK;
+    for (size_t k = 0; k < c->n_el && rc == ANS_OK; k++) {
+        elbuf *eb = &b->eb[k];
+        rowview *v = &b->view[k];
+        ans_rows_free(eb->rows);
+        eb->rows = NULL;
+        if (ans_element_format(b->eh[k]) == ANS_FORMAT_CSC) {
+            if ((rc = ans_element_read_range(b->eh[k], b->r0, b->r1, &eb->rows))) break;
+            *v = rowview_of(eb->rows);
+            continue;
+        }
+        ans_range rg = {b->r0, b->r1 - b->r0};
+        ans_dtype it = in->n_vars > INT32_MAX ? ANS_DTYPE_INT64 : ANS_DTYPE_INT32;
+        ans_ad_read_size sz;
+        if ((rc = ans_ad_element_size_ranges(b->eh[k], &rg, 1, it, &sz))) break;
+        if ((rc = ans_buf_resize(&eb->data, sz.data_bytes + 8))) break;
+        if ((rc = ans_buf_resize(&eb->ind, sz.indices_bytes + 8))) break;
+        if ((rc = ans_buf_resize(&eb->ptr, (size_t)(rg.count + 1) * 8))) break;
+        if ((rc = ans_ad_element_read_ranges_into(b->eh[k], &rg, 1, it, 0, eb->data.data,
+                                                  eb->ind.data, (uint64_t *)(void *)eb->ptr.data,
+                                                  eb->scratch)))
+            break;
+        v->dense = ans_element_format(b->eh[k]) == ANS_FORMAT_DENSE;
+        v->dtype = ans_element_dtype(b->eh[k]);
+        v->idx64 = it == ANS_DTYPE_INT64;
+        v->ptr64 = 1;
+        v->data = eb->data.data;
+        v->indices = eb->ind.data;
+        v->indptr = eb->ptr.data;
+    }
+    b->rc = rc;
+    if (rc != ANS_OK) snprintf(b->msg, sizeof b->msg, "%s", ans_error_last());
+    return rc;
+}
+
+static void *read_block_thread(void *arg)
+{
+    (void)read_block(arg);
+    return NULL;
+}
+
+static void blockrd_free(blockrd *b, size_t n_el)
+{
+    for (size_t k = 0; b->eb && k < n_el; k++) {
+        ans_buf_free(&b->eb[k].data);
+        ans_buf_free(&b->eb[k].ind);
+        ans_buf_free(&b->eb[k].ptr);
+        ans_rows_free(b->eb[k].rows);
+    }
+    free(b->eb);
+    free(b->view);
 }
 
 static int scatter_input(cv *c, size_t s, scatter *sc, uint64_t block)
@@ -837,17 +1586,33 @@ static int scatter_input(cv *c, size_t s, scatter *sc, uint64_t block)
     in->st = full;
     ans_frame *obs = NULL;
     ans_column *oc = NULL, idx;
+    size_t nparts = (size_t)ans_pool_size(c->pool) * 4;
     ans_element **eh = ans_calloc(c->n_el + 1, sizeof *eh);
-    ans_rows **rows = ans_calloc(c->n_el + 1, sizeof *rows);
+    blockrd bk[2];
+    memset(bk, 0, sizeof bk);
+    int reading = 0; /* the reader thread of the next block is running */
+    pthread_t th;
+    for (int i = 0; i < 2; i++) {
+        bk[i].c = c;
+        bk[i].s = s;
+        bk[i].eh = eh;
+        bk[i].eb = ans_calloc(c->n_el + 1, sizeof *bk[i].eb);
+        bk[i].view = ans_calloc(c->n_el + 1, sizeof *bk[i].view);
+        if (!bk[i].eb || !bk[i].view) rc = ANS_ENOMEM;
+    }
     const char **names = ans_calloc(c->n_cols + 1, sizeof *names);
+    uint8_t *suffix = ans_malloc(block + 1);
+    enc_part *parts = ans_calloc(nparts, sizeof *parts);
     oc = ans_calloc(c->n_cols + 1, sizeof *oc);
-    pairsort *ps = NULL;
-    size_t ps_cap = 0;
-    ans_buf rec = {0};
-    if (!eh || !rows || !names || !oc) {
+    if (rc || !eh || !names || !oc || !suffix || !parts) {
         rc = ANS_ENOMEM;
         goto out;
     }
+    for (size_t i = 0; i < nparts; i++)
+        if (c->n_el && !(parts[i].nnz = ans_calloc(c->n_el * c->n_ds + 1, 8))) {
+            rc = ANS_ENOMEM;
+            goto out;
+        }
     size_t nn = 0;
     for (size_t k = 0; k < c->n_cols; k++)
         if (!c->cols[k].is_src || c->cols[k].ncmap[s] != UINT64_MAX) names[nn++] = c->cols[k].name;
@@ -862,148 +1627,85 @@ static int scatter_input(cv *c, size_t s, scatter *sc, uint64_t block)
     char sfx[32];
     int sfx_len = snprintf(sfx, sizeof sfx, "-%zu", s);
 
-    for (uint64_t r0 = 0; r0 < in->n_obs; r0 += block) {
+    int cur = 0;
+    if (in->n_obs) {
+        bk[0].r0 = 0;
+        bk[0].r1 = in->n_obs < block ? in->n_obs : block;
+        if ((rc = read_block(&bk[0]))) goto out;
+    }
+    for (uint64_t r0 = 0; r0 < in->n_obs; r0 += block, cur ^= 1) {
         uint64_t r1 = in->n_obs - r0 < block ? in->n_obs : r0 + block;
-        for (size_t k = 0; k < c->n_el; k++) {
-            ans_rows_free(rows[k]);
-            rows[k] = NULL;
-            if ((rc = ans_element_read_range(eh[k], r0, r1, &rows[k]))) goto out;
+        if (r1 < in->n_obs) { /* start reading the next block */
+            blockrd *nb = &bk[cur ^ 1];
+            nb->r0 = r1;
+            nb->r1 = in->n_obs - r1 < block ? in->n_obs : r1 + block;
+            if (pthread_create(&th, NULL, read_block_thread, nb) == 0)
+                reading = 1;
+            else if ((rc = read_block(nb)))
+                goto out;
         }
+        /* obs names: a name seen in an earlier input gets the suffix (each input's names are in
+         * the set before the next input starts) */
         for (uint64_t r = r0; r < r1; r++) {
-            uint64_t g = in->offset + r, pos = pos_of(c, g), d = pos / c->S;
-            rec.len = 0;
-            uint64_t hdr[2] = {pos, 0};
-            PUT(&rec, hdr, sizeof hdr);
-            /* obs index */
-            {
+            int sf = in->suffix_all;
+            if (!c->names_fallback) {
                 const char *nm = idx.str_data + idx.str_offsets[r];
-                uint32_t len = (uint32_t)(idx.str_offsets[r + 1] - idx.str_offsets[r]);
-                int suffix = in->suffix_all;
-                if (!c->names_fallback) {
-                    int present = 0;
-                    if ((rc = hset_insert(&c->names, fnv64(nm, len), &present))) goto out;
-                    /* a name seen in an earlier input gets the suffix (the hash of each input's
-                     * names is inserted before the next input starts: see below) */
-                    suffix = present && s > 0;
-                }
-                uint32_t tl = len + (suffix ? (uint32_t)sfx_len : 0);
-                PUT(&rec, &tl, 4);
-                PUT(&rec, nm, len);
-                if (suffix) PUT(&rec, sfx, (size_t)sfx_len);
+                size_t len = (size_t)(idx.str_offsets[r + 1] - idx.str_offsets[r]);
+                int present = 0;
+                if ((rc = hset_insert(&c->names, fnv64(nm, len), &present))) goto out;
+                sf = present && s > 0;
             }
-            for (size_t k = 0; k < c->n_cols; k++) {
-                cv_col *col = &c->cols[k];
-                const ans_column *a = &oc[k];
-                if (col->kind == OC_CAT) {
-                    int32_t code = -1;
-                    if (col->is_src && col->ncmap[s] == UINT64_MAX) {
-                        code = (int32_t)col->cmap[s][0];
-                    } else {
-                        int64_t ic = rd_i64(a->dtype, a->values, r);
-                        if (ic >= 0 && (uint64_t)ic < col->ncmap[s])
-                            code = (int32_t)col->cmap[s][ic];
-                    }
-                    PUT(&rec, &code, 4);
-                } else if (col->kind == OC_STR) {
-                    uint32_t len = (uint32_t)(a->str_offsets[r + 1] - a->str_offsets[r]);
-                    PUT(&rec, &len, 4);
-                    PUT(&rec, a->str_data + a->str_offsets[r], len);
-                } else {
-                    uint8_t v[8];
-                    cast_one(v, col->dtype, a->values, a->dtype, r);
-                    PUT(&rec, v, ans_dtype_size(col->dtype));
-                    if (col->kind != OC_NUM) {
-                        uint8_t m = a->mask ? a->mask[r] : 0;
-                        PUT(&rec, &m, 1);
-                    }
-                }
-            }
-            for (size_t k = 0; k < c->n_el; k++) {
-                cv_elem *e = &c->el[k];
-                ans_rows *rw = rows[k];
-                ans_dtype it = ans_rows_dtype(rw);
-                size_t isz = ans_dtype_size(it), osz = ans_dtype_size(e->dtype);
-                uint64_t lr = r - r0;
-                if (!e->var_aligned) {
-                    PUT(&rec, (const uint8_t *)ans_rows_data(rw) + lr * e->row_bytes, e->row_bytes);
-                    continue;
-                }
-                /* the row's (input column, position in the row's values) pairs that are kept */
-                uint64_t a0, a1;
-                const void *vals = ans_rows_data(rw);
-                int dense = ans_rows_format(rw) == ANS_FORMAT_DENSE;
-                if (dense) {
-                    a0 = lr * in->n_vars;
-                    a1 = a0 + in->n_vars;
-                } else if (ans_rows_index_dtype(rw) == ANS_DTYPE_INT32) {
-                    a0 = (uint64_t)((const int32_t *)ans_rows_indptr(rw))[lr];
-                    a1 = (uint64_t)((const int32_t *)ans_rows_indptr(rw))[lr + 1];
-                } else {
-                    a0 = (uint64_t)((const int64_t *)ans_rows_indptr(rw))[lr];
-                    a1 = (uint64_t)((const int64_t *)ans_rows_indptr(rw))[lr + 1];
-                }
-                if (a1 - a0 > ps_cap) {
-                    size_t ncap = (size_t)(a1 - a0) + 16;
-                    pairsort *np = ans_realloc(ps, ncap * sizeof *np);
-                    if (!np) {
-                        rc = ANS_ENOMEM;
-                        goto out;
-                    }
-                    ps = np;
-                    ps_cap = ncap;
-                }
-                uint32_t nk = 0;
-                int sorted = 1;
-                for (uint64_t q = a0; q < a1; q++) {
-                    uint64_t col;
-                    if (dense) {
-                        col = q - a0;
-                        const uint8_t *vp = (const uint8_t *)vals + q * isz;
-                        int zero = 1;
-                        for (size_t b = 0; b < isz; b++)
-                            zero &= vp[b] == 0;
-                        if (zero) continue;
-                    } else if (ans_rows_index_dtype(rw) == ANS_DTYPE_INT32) {
-                        col = (uint64_t)((const int32_t *)ans_rows_indices(rw))[q];
-                    } else {
-                        col = (uint64_t)((const int64_t *)ans_rows_indices(rw))[q];
-                    }
-                    uint32_t oc2 = col < in->n_vars ? in->vmap[col] : NONE32;
-                    if (oc2 == NONE32) continue;
-                    if (nk && ps[nk - 1].idx >= oc2) sorted = 0;
-                    ps[nk].idx = oc2;
-                    ps[nk++].k = (uint32_t)(q - a0);
-                }
-                if (!sorted) qsort(ps, nk, sizeof *ps, cmp_pair);
-                PUT(&rec, &nk, 4);
-                for (uint32_t q = 0; q < nk; q++)
-                    PUT(&rec, &ps[q].idx, 4);
-                size_t at = rec.len;
-                if ((rc = ans_buf_resize(&rec, at + (size_t)nk * osz))) goto out;
-                for (uint32_t q = 0; q < nk; q++)
-                    cast_one(rec.data + at + (size_t)q * osz, e->dtype, vals, it, a0 + ps[q].k);
-                e->ds_nnz[d] += nk;
-            }
-            uint64_t len = rec.len;
-            memcpy(rec.data + 8, &len, 8);
-            if ((rc = ans_buf_append(&sc->bufs[d], rec.data, rec.len))) goto out;
-            if (sc->bufs[d].len >= sc->cap && (rc = flush_ds(c, sc, d))) goto out;
+            suffix[r - r0] = (uint8_t)sf;
         }
-        c->done1 += r1 - r0;
+        uint64_t n = r1 - r0, per = (n + nparts - 1) / nparts;
+        if (per < 64) per = 64;
+        size_t njobs = (size_t)((n + per - 1) / per);
+        enc_job job = {c, s, oc, &idx, bk[cur].view, r0, r1, per, suffix, sfx, (size_t)sfx_len,
+                       parts};
+        if ((rc = ans_pool_for(c->pool, njobs, enc_job_fn, &job))) goto out;
+        for (size_t i = 0; i < njobs; i++) {
+            ans_buf *o = &parts[i].out;
+            for (size_t at = 0; at < o->len;) {
+                uint64_t hdr[2];
+                memcpy(hdr, o->data + at, 16);
+                uint64_t sid = slice_of(c, hdr[0]);
+                if ((rc = abuf_append(&sc->bufs[sid], o->data + at, (size_t)hdr[1]))) goto out;
+                if (sc->bufs[sid].len >= sc->cap && (rc = flush_slice(c, sc, sid, 0))) goto out;
+                at += (size_t)hdr[1];
+            }
+        }
+        c->done1 += n;
         if ((rc = cv_progress(c))) goto out;
+        if (reading) {
+            pthread_join(th, NULL);
+            reading = 0;
+            if (bk[cur ^ 1].rc) {
+                rc = ans_err(bk[cur ^ 1].rc, "%s", bk[cur ^ 1].msg);
+                goto out;
+            }
+        }
     }
+    for (size_t k = 0; k < c->n_el; k++)
+        for (uint64_t d = 0; d < c->n_ds && c->el[k].var_aligned; d++)
+            for (size_t i = 0; i < nparts; i++)
+                c->el[k].ds_nnz[d] += parts[i].nnz ? parts[i].nnz[k * c->n_ds + d] : 0;
 out:
+    if (reading) pthread_join(th, NULL);
     if (rc != ANS_OK && rc != ANS_ECANCELLED) err_name(in->path);
-    for (size_t k = 0; eh && k < c->n_el; k++) {
-        ans_rows_free(rows[k]);
+    for (int i = 0; i < 2; i++)
+        blockrd_free(&bk[i], c->n_el);
+    for (size_t k = 0; eh && k < c->n_el; k++)
         ans_element_free(eh[k]);
+    for (size_t i = 0; parts && i < nparts; i++) {
+        ans_buf_free(&parts[i].out);
+        enc_scratch_free(&parts[i].x);
+        free(parts[i].nnz);
     }
+    free(parts);
+    free(suffix);
     free(eh);
-    free(rows);
     free(names);
     free(oc);
-    free(ps);
-    ans_buf_free(&rec);
     ans_frame_free(obs);
     in->st = prep;
     ans_store_free(full);
@@ -1148,6 +1850,9 @@ static int emit(cv *c, slice_ctx *x, uint8_t *const *recs, uint64_t n)
     uint64_t nv = c->var.n;
     for (uint64_t i = 0; i < n; i++) {
         const uint8_t *p = recs[i] + 16;
+        uint64_t rlen;
+        memcpy(&rlen, recs[i] + 8, 8);
+        const uint8_t *rend = recs[i] + rlen;
         uint32_t len;
         memcpy(&len, p, 4);
         PUT(&x->idata, p + 4, len);
@@ -1186,21 +1891,33 @@ static int emit(cv *c, slice_ctx *x, uint8_t *const *recs, uint64_t n)
                 continue;
             }
             uint32_t nk;
+            if (rend - p < 9) {
+                rc = ans_err(ANS_ECORRUPT, "a run file record is damaged");
+                goto out;
+            }
             memcpy(&nk, p, 4);
-            const uint8_t *ip = p + 4, *vp = ip + (size_t)nk * 4;
-            p = vp + (size_t)nk * osz;
+            if (nk > nv) {
+                rc = ans_err(ANS_ECORRUPT, "a run file record is damaged");
+                goto out;
+            }
             if (e->out_dense) {
+                if ((rc = ans_buf_resize(&c->didx, (size_t)nk * 4 + 4))) goto out;
+                if ((rc = ans_buf_resize(&c->dval, (size_t)nk * osz + 8))) goto out;
+                uint32_t *ip = (uint32_t *)(void *)c->didx.data;
+                if ((rc = decode_elem(&p, rend, e, nv, nk, ip, c->dval.data))) goto out;
                 size_t at = e->data.len;
                 if ((rc = ans_buf_resize(&e->data, at + (size_t)nv * osz))) goto out;
                 memset(e->data.data + at, 0, (size_t)nv * osz);
-                for (uint32_t q = 0; q < nk; q++) {
-                    uint32_t j;
-                    memcpy(&j, ip + (size_t)q * 4, 4);
-                    memcpy(e->data.data + at + (size_t)j * osz, vp + (size_t)q * osz, osz);
-                }
+                for (uint32_t q = 0; q < nk; q++)
+                    memcpy(e->data.data + at + (size_t)ip[q] * osz,
+                           c->dval.data + (size_t)q * osz, osz);
             } else {
-                PUT(&e->ind, ip, (size_t)nk * 4);
-                PUT(&e->data, vp, (size_t)nk * osz);
+                size_t ia = e->ind.len, da = e->data.len;
+                if ((rc = ans_buf_resize(&e->ind, ia + (size_t)nk * 4))) goto out;
+                if ((rc = ans_buf_resize(&e->data, da + (size_t)nk * osz))) goto out;
+                if ((rc = decode_elem(&p, rend, e, nv, nk, (uint32_t *)(void *)(e->ind.data + ia),
+                                      e->data.data + da)))
+                    goto out;
                 int64_t last;
                 memcpy(&last, e->indptr.data + e->indptr.len - 8, 8);
                 last += nk;
@@ -1236,22 +1953,41 @@ out:
     return rc;
 }
 
-static int read_whole(const char *path, ans_buf *b)
+/* The first `len` bytes of the run file `path` into b (a missing file reads as empty). */
+static int read_whole(const char *path, abuf *b, uint64_t len)
 {
     b->len = 0;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
+    int fd = open_direct(path, O_RDONLY);
+    if (fd < 0) {
         if (errno == ENOENT) return ANS_OK;
         return ans_err(ANS_EIO, "cannot open '%s': %s", path, strerror(errno));
     }
     struct stat stt;
     int rc = ANS_OK;
-    if (fstat(fileno(f), &stt) != 0)
+    if (fstat(fd, &stt) != 0)
         rc = ans_err(ANS_EIO, "cannot stat '%s': %s", path, strerror(errno));
-    if (rc == ANS_OK) rc = ans_buf_resize(b, (size_t)stt.st_size);
-    if (rc == ANS_OK && fread(b->data, 1, b->len, f) != b->len)
-        rc = ans_err(ANS_EIO, "reading '%s' failed", path);
-    fclose(f);
+    uint64_t want = rc == ANS_OK && (uint64_t)stt.st_size < len ? (uint64_t)stt.st_size : len;
+    uint64_t span = (want + ALIGN - 1) / ALIGN * ALIGN; /* direct reads: whole blocks */
+    if (rc == ANS_OK && span > SIZE_MAX) rc = ans_err(ANS_ENOMEM, "run file '%s' too large", path);
+    if (rc == ANS_OK) rc = abuf_reserve(b, (size_t)span);
+    uint64_t got = 0;
+    while (rc == ANS_OK && got < want) {
+        ssize_t r = pread(fd, b->p + got, (size_t)(span - got), (off_t)got);
+        if (r < 0 && errno == EINTR) continue;
+#ifdef O_DIRECT
+        if (r < 0 && errno == EINVAL) {
+            int fl = fcntl(fd, F_GETFL);
+            if (fl >= 0 && (fl & O_DIRECT) && fcntl(fd, F_SETFL, fl & ~O_DIRECT) == 0) continue;
+        }
+#endif
+        if (r <= 0) {
+            rc = ans_err(ANS_EIO, "reading '%s' failed: %s", path, r < 0 ? strerror(errno) : "EOF");
+            break;
+        }
+        got += (uint64_t)r;
+    }
+    close(fd);
+    if (rc == ANS_OK) b->len = (size_t)want;
     return rc;
 }
 
@@ -1263,12 +1999,13 @@ static uint64_t file_size(const char *path)
 
 /* Process the run file `path` holding exactly the positions [lo, hi): load it when it fits
  * c->budget / 4, else split it by position into parts (streaming) and recurse. */
-static int process_run(cv *c, slice_ctx *x, const char *path, uint64_t lo, uint64_t hi, ans_buf *b,
-                       int depth)
+static int process_run(cv *c, slice_ctx *x, const char *path, uint64_t lo, uint64_t hi, abuf *b,
+                       int depth, uint64_t len, int loaded)
 {
     int rc = ANS_OK;
-    uint64_t cap = c->budget / 4, sz = file_size(path);
-    if (hi - lo > 1 && sz > cap && depth < 32) {
+    uint64_t cap = c->budget / 4, sz = loaded ? b->len : file_size(path);
+    if (len != UINT64_MAX && len < sz) sz = len; /* the rest is padding */
+    if (!loaded && hi - lo > 1 && sz > cap && depth < 32) {
         uint64_t parts = sz / cap + 1;
         if (parts < 2) parts = 2;
         if (parts > 64) parts = 64;
@@ -1286,10 +2023,9 @@ static int process_run(cv *c, slice_ctx *x, const char *path, uint64_t lo, uint6
                 rc = ans_err(ANS_EIO, "cannot create '%s': %s", sub, strerror(errno));
         }
         uint64_t span = hi - lo;
-        while (rc == ANS_OK) {
+        for (uint64_t done = 0; rc == ANS_OK && done < sz;) {
             uint64_t hdr[2];
             size_t got = fread(hdr, 1, sizeof hdr, in);
-            if (got == 0) break;
             if (got != sizeof hdr || hdr[1] < 16 || hdr[0] < lo || hdr[0] >= hi) {
                 rc = ans_err(ANS_ECORRUPT, "run file '%s' is damaged", path);
                 break;
@@ -1300,6 +2036,7 @@ static int process_run(cv *c, slice_ctx *x, const char *path, uint64_t lo, uint6
                 rc = ans_err(ANS_ECORRUPT, "run file '%s' is truncated", path);
                 break;
             }
+            done += hdr[1];
             /* part q holds [lo + span*q/parts, lo + span*(q+1)/parts) */
             uint64_t rel = hdr[0] - lo;
             uint64_t q = (uint64_t)(((unsigned __int128)rel * parts) / span);
@@ -1322,12 +2059,12 @@ static int process_run(cv *c, slice_ctx *x, const char *path, uint64_t lo, uint6
             snprintf(sub, plen, "%s.%llu", path, (unsigned long long)q);
             uint64_t a = lo + (uint64_t)(((unsigned __int128)span * q) / parts);
             uint64_t z = lo + (uint64_t)(((unsigned __int128)span * (q + 1)) / parts);
-            rc = process_run(c, x, sub, a, z, b, depth + 1);
+            rc = process_run(c, x, sub, a, z, b, depth + 1, UINT64_MAX, 0);
         }
         free(sub);
         return rc;
     }
-    if ((rc = read_whole(path, b))) return rc;
+    if (!loaded && (rc = read_whole(path, b, sz))) return rc;
     uint64_t n = hi - lo;
     uint8_t **recs = ans_calloc(n + 1, sizeof *recs);
     if (!recs) return ANS_ENOMEM;
@@ -1338,20 +2075,21 @@ static int process_run(cv *c, slice_ctx *x, const char *path, uint64_t lo, uint6
             rc = ans_err(ANS_ECORRUPT, "run file '%s' is truncated", path);
             break;
         }
-        memcpy(hdr, b->data + at, 16);
+        memcpy(hdr, b->p + at, 16);
         if (hdr[1] < 16 || hdr[1] > b->len - at || hdr[0] < lo || hdr[0] >= hi ||
             recs[hdr[0] - lo]) {
             rc = ans_err(ANS_ECORRUPT, "run file '%s' is damaged", path);
             break;
         }
-        recs[hdr[0] - lo] = b->data + at;
+        recs[hdr[0] - lo] = b->p + at;
         at += (size_t)hdr[1];
     }
     for (uint64_t i = 0; rc == ANS_OK && i < n; i++)
         if (!recs[i])
             rc = ans_err(ANS_ECORRUPT, "run file '%s' lacks position %llu", path,
                          (unsigned long long)(lo + i));
-    if (rc == ANS_OK) rc = emit(c, x, recs, n);
+    for (uint64_t i = 0; rc == ANS_OK && i < n; i += c->emit_rows)
+        rc = emit(c, x, recs + i, n - i < c->emit_rows ? n - i : c->emit_rows);
     free(recs);
     remove(path);
     return rc;
@@ -1372,7 +2110,59 @@ static int close_elem(cv_elem *e, int rc)
     return rc;
 }
 
-static int write_dataset(cv *c, ans_zw *w, uint64_t d, ans_buf *b)
+/* Pass 2 reads the next slice's run file on a thread while the current one is written. */
+typedef struct prefetch {
+    char path[4096];
+    uint64_t sid, len;
+    abuf buf;
+    int running, rc;
+    pthread_t th;
+    char msg[1024];
+} prefetch;
+
+static void *prefetch_thread(void *arg)
+{
+    prefetch *p = arg;
+    p->rc = read_whole(p->path, &p->buf, p->len);
+    if (p->rc) snprintf(p->msg, sizeof p->msg, "%s", ans_error_last());
+    return NULL;
+}
+
+/* Start reading slice sid (if it exists and will not need splitting). */
+static void prefetch_start(cv *c, prefetch *p, uint64_t sid)
+{
+    if (p->running || sid >= c->n_ds * c->kpd || c->slen[sid] > c->budget / 4) return;
+    p->sid = sid;
+    p->len = c->slen[sid];
+    slice_path(c, sid, p->path, sizeof p->path);
+    if (pthread_create(&p->th, NULL, prefetch_thread, p) == 0) p->running = 1;
+}
+
+/* Wait for the prefetch; 1 when it holds slice sid (then b and its buffer are swapped). */
+static int prefetch_take(prefetch *p, uint64_t sid, abuf *b, int *rc)
+{
+    *rc = ANS_OK;
+    if (!p->running || p->sid != sid) return 0;
+    pthread_join(p->th, NULL);
+    p->running = 0;
+    if (p->rc) {
+        *rc = ans_err(p->rc, "%s", p->msg);
+        return 0;
+    }
+    abuf t = *b;
+    *b = p->buf;
+    p->buf = t;
+    return 1;
+}
+
+static void prefetch_stop(prefetch *p)
+{
+    if (p->running) pthread_join(p->th, NULL);
+    p->running = 0;
+    abuf_free(&p->buf);
+}
+
+static int write_dataset(cv *c, ans_zw *w, uint64_t d, abuf *b, prefetch *pf)
 {
     uint64_t lo = d * c->S, hi = lo + c->S < c->n_total ? lo + c->S : c->n_total, n = hi - lo;
     slice_ctx x = {0};
@@ -1383,8 +2173,17 @@ static int write_dataset(cv *c, ans_zw *w, uint64_t d, ans_buf *b)
     int rc = open_dataset(c, w, d, n);
     if (rc == ANS_OK) rc = begin_obs(c, w, d, n, &x);
     char path[4096];
-    snprintf(path, sizeof path, "%s/d%llu", c->runs, (unsigned long long)d);
-    if (rc == ANS_OK) rc = process_run(c, &x, path, lo, hi, b, 0);
+    for (uint64_t j = 0; j < c->kpd && rc == ANS_OK; j++) {
+        uint64_t a, z;
+        slice_range(c, d * c->kpd + j, &a, &z);
+        if (a == z) continue;
+        uint64_t sid = d * c->kpd + j;
+        slice_path(c, sid, path, sizeof path);
+        int loaded = prefetch_take(pf, sid, b, &rc);
+        if (rc) break;
+        prefetch_start(c, pf, sid + 1);
+        rc = process_run(c, &x, path, a, z, b, 0, c->slen[sid], loaded);
+    }
     /* close the matrices (abort after a failure): layers, X, obsm; then obs and var */
     for (size_t k = 1; k < c->n_el; k++)
         if (c->el[k].var_aligned) rc = close_elem(&c->el[k], rc);
@@ -1432,6 +2231,9 @@ static void cv_free(cv *c)
         ans_buf_free(&c->el[k].data);
     }
     free(c->el);
+    ans_buf_free(&c->didx);
+    free(c->slen);
+    ans_buf_free(&c->dval);
     strmap_free(&c->var);
     free(c->table);
     free(c->names.slots);
@@ -1512,8 +2314,8 @@ static int run_convert(cv *c, const char *const *inputs, size_t n_inputs, const 
         snprintf(key, sizeof key, "obsm/%s", o->obsm[i]);
         if ((rc = add_elem(c, key, 0))) return rc;
     }
-    double rb;
-    if ((rc = estimate_row_bytes(c, &rb))) return rc;
+    double rb, rbc;
+    if ((rc = estimate_row_bytes(c, &rb, &rbc))) return rc;
     if (o->dataset_size_rows) {
         c->S = o->dataset_size_rows;
     } else {
@@ -1534,6 +2336,7 @@ static int run_convert(cv *c, const char *const *inputs, size_t n_inputs, const 
             c->in[s].suffix_all = 1;
     }
 
+
     /* run directory */
     c->runs = ans_asprintf("%s.runs-XXXXXX", output);
     if (!c->runs) return ANS_ENOMEM;
@@ -1544,23 +2347,47 @@ static int run_convert(cv *c, const char *const *inputs, size_t n_inputs, const 
         c->runs = NULL;
         return rc;
     }
+    /* run slices: a slice's run file should fit pass 2's budget / 4 (with a margin for the
+     * estimate; a larger file is split again in pass 2) */
+    {
+        double r = (double)(c->budget / 8) * 0.75 / rbc; /* two in memory: prefetch */
+        c->R = r < 1 ? 1 : r > (double)c->S ? c->S : (uint64_t)r;
+        c->kpd = (c->S + c->R - 1) / c->R;
+        if (c->n_ds * c->kpd > 4096) {
+            c->kpd = 4096 / (c->n_ds ? c->n_ds : 1);
+            if (c->kpd < 1) c->kpd = 1;
+            c->R = (c->S + c->kpd - 1) / c->kpd;
+        }
+        double er = (double)(c->budget / 16) / rb;
+        c->emit_rows = er < 64 ? 64 : er > 1048576 ? 1048576 : (uint64_t)er;
+    }
+    uint64_t n_slices = c->n_ds * c->kpd;
     /* pass 1 */
     scatter sc = {0};
-    sc.bufs = ans_calloc(c->n_ds + 1, sizeof *sc.bufs);
-    if (!sc.bufs) return ANS_ENOMEM;
-    uint64_t per = c->budget / 4 / (c->n_ds ? c->n_ds : 1);
-    sc.cap = (size_t)(per < 4096 ? 4096 : per);
-    double bl = (double)(c->budget / 4) / rb;
+    sc.bufs = ans_calloc(n_slices + 1, sizeof *sc.bufs);
+    sc.off = ans_calloc(n_slices + 1, sizeof *sc.off);
+    c->slen = ans_calloc(n_slices + 1, sizeof *c->slen);
+    if (!sc.bufs || !sc.off || !c->slen) {
+        free(sc.bufs);
+        free(sc.off);
+        return ANS_ENOMEM;
+    }
+    uint64_t per = c->budget / 4 / (n_slices ? n_slices : 1);
+    sc.cap = (size_t)(per < 2 * ALIGN ? 2 * ALIGN : per);
+    double bl = (double)(c->budget / 8) / rb; /* two blocks: one read, one encoded */
     uint64_t block = bl < 1 ? 1 : bl > 1048576 ? 1048576 : (uint64_t)bl;
     for (size_t s = 0; s < c->n_in && rc == ANS_OK; s++) {
+        int pf = prefetch_file(c->in[s].path);
         rc = scatter_input(c, s, &sc, block);
+        if (pf) release_file(c->in[s].path);
         /* names of input s are in the set now; the next input's duplicates get the suffix */
     }
-    for (uint64_t d = 0; d < c->n_ds && rc == ANS_OK; d++)
-        rc = flush_ds(c, &sc, d);
-    for (uint64_t d = 0; d < c->n_ds; d++)
-        ans_buf_free(&sc.bufs[d]);
+    for (uint64_t i = 0; i < n_slices && rc == ANS_OK; i++)
+        rc = flush_slice(c, &sc, i, 1);
+    for (uint64_t i = 0; i < n_slices; i++)
+        abuf_free(&sc.bufs[i]);
     free(sc.bufs);
+    free(sc.off);
     free(c->names.slots);
     c->names.slots = NULL;
     c->names.n = c->names.nslots = 0;
@@ -1579,10 +2406,14 @@ static int run_convert(cv *c, const char *const *inputs, size_t n_inputs, const 
         return rc;
     }
     rc = ans_adw_collection(w);
-    ans_buf b = {0};
+    abuf b = {0};
+    prefetch *pf = ans_calloc(1, sizeof *pf);
+    if (!pf) rc = ANS_ENOMEM;
     for (uint64_t d = 0; d < c->n_ds && rc == ANS_OK; d++)
-        rc = write_dataset(c, w, d, &b);
-    ans_buf_free(&b);
+        rc = write_dataset(c, w, d, &b, pf);
+    if (pf) prefetch_stop(pf);
+    free(pf);
+    abuf_free(&b);
     if (rc == ANS_OK) rc = ans_zw_finish(w);
     ans_zw_free(w);
     if (rc == ANS_OK && root) {

@@ -1,5 +1,5 @@
 /* zarrw.c - the zarr v3 writer (see zarrw.h). */
-#define _XOPEN_SOURCE 700 /* nftw */
+#define _GNU_SOURCE /* O_DIRECT; nftw */
 #include "writer/zarrw.h"
 
 #include "codec/codec.h"
@@ -8,14 +8,21 @@
 #include "storage/store.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #define ZW_OMIT UINT64_MAX /* index entry of an omitted unit */
 #define ZW_KEY_MAX 4096
+
+#define ZW_SPARES 6
+#define ZW_ALIGN 4096                      /* direct I/O: buffer, size and offset alignment */
+#define ZW_DIRECT_MIN ((size_t)1 << 20)    /* values from this size are written with O_DIRECT */
+#define ZW_SPARE_MIN ((size_t)1 << 20)
 
 struct ans_zw {
     ans_kv *kv;
@@ -29,6 +36,11 @@ struct ans_zw {
     int finished;
     int open_arrays;
     ans_zwa *open; /* arrays created and not yet closed (their paths are taken) */
+    /* Large block / encode buffers of closed arrays, handed to the next arrays that need that
+     * much: a collection writes the same arrays dataset after dataset, and fresh buffers cost a
+     * page fault and a zeroed page per 4 KiB. Held memory never exceeds what the closed arrays
+     * held. */
+    ans_buf spare[ZW_SPARES];
 };
 
 struct ans_zwa {
@@ -211,9 +223,131 @@ fail:
     return rc;
 }
 
+/* Grow b to hold n bytes (contents up to keep kept) in a ZW_ALIGN-aligned allocation. */
+static int zw_grow_aligned(ans_buf *b, size_t n, size_t keep)
+{
+    size_t cap = (n + ZW_ALIGN - 1) / ZW_ALIGN * ZW_ALIGN;
+    void *q = NULL;
+    if (posix_memalign(&q, ZW_ALIGN, cap) != 0 || !q) return ANS_ENOMEM;
+    if (keep) memcpy(q, b->data, keep);
+    free(b->data);
+    b->data = q;
+    b->cap = cap;
+    return ANS_OK;
+}
+
+/* Store a large value like ans_kv_set (a temporary file renamed into place) but with O_DIRECT for
+ * its whole ZW_ALIGN blocks, straight from `data` (aligned): copying gigabytes of shards through
+ * the page cache cost more kernel time than compressing them. ANS_ENOTFOUND (nothing written)
+ * when direct I/O is not possible here; the caller then uses ans_kv_set. */
+static int zw_put_direct(ans_zw *w, const char *key, const uint8_t *data, size_t len)
+{
+#ifdef O_DIRECT
+    if (len < ZW_DIRECT_MIN || ((uintptr_t)data % ZW_ALIGN) != 0) return ANS_ENOTFOUND;
+    char *path = ans_asprintf("%s/%s", w->tmp, key);
+    char *tmp = path ? ans_asprintf("%s.tmpXXXXXX", path) : NULL;
+    int rc = path && tmp ? make_parents(path) : ANS_ENOMEM;
+    int fd = -1;
+    if (rc == ANS_OK && (fd = mkstemp(tmp)) < 0)
+        rc = ans_err(ANS_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+    int fl = fd >= 0 ? fcntl(fd, F_GETFL) : -1;
+    if (rc == ANS_OK && (fl < 0 || fcntl(fd, F_SETFL, fl | O_DIRECT) != 0)) {
+        rc = ANS_ENOTFOUND; /* no direct I/O on this file system */
+    }
+    if (rc == ANS_OK) {
+        (void)fcntl(fd, F_SETFD, FD_CLOEXEC);
+        (void)fchmod(fd, 0644);
+        size_t head = len / ZW_ALIGN * ZW_ALIGN, done = 0;
+        int direct = 1;
+        while (rc == ANS_OK && done < len) {
+            if (done == head && direct) { /* the tail: buffered */
+                if (fcntl(fd, F_SETFL, fl) != 0) {
+                    rc = ans_err(ANS_EIO, "%s: fcntl: %s", tmp, strerror(errno));
+                    break;
+                }
+                direct = 0;
+            }
+            size_t want = (direct ? head : len) - done;
+            if (want > ((size_t)1 << 30)) want = (size_t)1 << 30;
+            ssize_t r = pwrite(fd, data + done, want, (off_t)done);
+            if (r < 0 && errno == EINTR) continue;
+            if (r < 0 && errno == EINVAL && direct && done == 0) {
+                rc = ANS_ENOTFOUND; /* refused: let ans_kv_set write it */
+                break;
+            }
+            if (r <= 0) {
+                rc = ans_err(ANS_EIO, "%s: write: %s", tmp, r < 0 ? strerror(errno) : "no progress");
+                break;
+            }
+            done += (size_t)r;
+            if (direct && done % ZW_ALIGN) { /* a short direct write: finish buffered */
+                if (fcntl(fd, F_SETFL, fl) != 0) {
+                    rc = ans_err(ANS_EIO, "%s: fcntl: %s", tmp, strerror(errno));
+                    break;
+                }
+                direct = 0;
+            }
+        }
+    }
+    if (fd >= 0 && close(fd) != 0 && rc == ANS_OK)
+        rc = ans_err(ANS_EIO, "%s: close: %s", tmp, strerror(errno));
+    if (rc == ANS_OK && rename(tmp, path) != 0)
+        rc = ans_err(ANS_EIO, "%s: rename: %s", path, strerror(errno));
+    if (rc != ANS_OK && fd >= 0) unlink(tmp);
+    free(path);
+    free(tmp);
+    return rc;
+#else
+    (void)w;
+    (void)key;
+    (void)data;
+    (void)len;
+    return ANS_ENOTFOUND;
+#endif
+}
+
+/* Keep b (emptied) as a spare if it is large, in place of a smaller spare; else free it. */
+static void zw_spare_put(ans_zw *w, ans_buf *b)
+{
+    if (b->cap >= ZW_SPARE_MIN) {
+        int k = 0;
+        for (int i = 1; i < ZW_SPARES; i++)
+            if (w->spare[i].cap < w->spare[k].cap) k = i;
+        if (w->spare[k].cap < b->cap) {
+            ans_buf t = w->spare[k];
+            w->spare[k] = *b;
+            w->spare[k].len = 0;
+            *b = t;
+        }
+    }
+    ans_buf_free(b);
+}
+
+/* Make b hold at least n bytes (contents up to keep kept), from the smallest fitting spare when
+ * b is too small (one at most 4 times n: small arrays do not take large buffers). */
+static int zw_spare_reserve(ans_zw *w, ans_buf *b, size_t n, size_t keep)
+{
+    if (n <= b->cap) return ANS_OK;
+    int k = -1;
+    for (int i = 0; i < ZW_SPARES; i++)
+        if (w->spare[i].cap >= n && w->spare[i].cap / 4 <= n &&
+            (k < 0 || w->spare[i].cap < w->spare[k].cap))
+            k = i;
+    if (k < 0) return ANS_ENOTFOUND;
+    ans_buf t = w->spare[k];
+    memset(&w->spare[k], 0, sizeof w->spare[k]);
+    if (keep) memcpy(t.data, b->data, keep);
+    t.len = b->len;
+    zw_spare_put(w, b);
+    *b = t;
+    return ANS_OK;
+}
+
 void ans_zw_free(ans_zw *w)
 {
     if (!w) return;
+    for (int i = 0; i < ZW_SPARES; i++)
+        ans_buf_free(&w->spare[i]);
     ans_kv_free(w->kv);
     if (w->tmp && !w->committed) (void)nftw(w->tmp, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
     free(w->tmp);
@@ -451,7 +585,10 @@ static int flush_numeric(ans_zwa *a)
     if (data_end > fill_end) memset(a->buf.data + fill_end, 0, data_end - fill_end);
     int sharded = a->o.shard_rows != 0;
     size_t index_bytes = sharded ? (size_t)(16 * a->nunits + 4) : 0;
-    int rc = ans_buf_reserve(&a->enc, (size_t)used * a->bound + index_bytes);
+    int rc = ANS_OK;
+    size_t enc_need = (size_t)used * a->bound + index_bytes;
+    if (enc_need > a->enc.cap && zw_spare_reserve(a->w, &a->enc, enc_need, 0) != ANS_OK)
+        rc = zw_grow_aligned(&a->enc, enc_need, 0);
     if (rc < 0) return rc;
     for (uint64_t u = 0; u < a->nunits; u++)
         a->lens[u] = ZW_OMIT;
@@ -489,6 +626,8 @@ static int flush_numeric(ans_zwa *a)
     uint32_t crc = ans_crc32c(0, idx, (size_t)(16 * a->nunits));
     for (int i = 0; i < 4; i++)
         idx[16 * a->nunits + (uint64_t)i] = (uint8_t)(crc >> (8 * i));
+    rc = zw_put_direct(a->w, key, a->enc.data, (size_t)(pos + index_bytes));
+    if (rc != ANS_ENOTFOUND) return rc;
     return ans_kv_set(a->w->kv, key, a->enc.data, (size_t)(pos + index_bytes));
 }
 
@@ -660,13 +799,12 @@ int ans_zwa_append(ans_zwa *a, const void *rows, uint64_t nrows)
         uint64_t units = (a->bfill + take + a->unit_rows - 1) / a->unit_rows;
         size_t need = (size_t)(units * a->unit_bytes);
         if (need > a->block_bytes) need = a->block_bytes;
-        if (need > a->buf.cap) {
+        if (need > a->buf.cap &&
+            zw_spare_reserve(a->w, &a->buf, need, (size_t)(a->bfill * a->row_bytes)) != ANS_OK) {
             size_t cap = a->buf.cap > a->block_bytes / 2 ? a->block_bytes : 2 * a->buf.cap;
             if (cap < need) cap = need;
-            uint8_t *p = ans_realloc(a->buf.data, cap);
-            if (!p) return zw_err_node(a->w, a->path, ANS_ENOMEM);
-            a->buf.data = p;
-            a->buf.cap = cap;
+            if (zw_grow_aligned(&a->buf, cap, (size_t)(a->bfill * a->row_bytes)) != ANS_OK)
+                return zw_err_node(a->w, a->path, ANS_ENOMEM);
         }
         if (a->row_bytes) /* zero-width rows: nothing to copy (and buf.data may be NULL) */
             memcpy(a->buf.data + a->bfill * a->row_bytes, src, (size_t)(take * a->row_bytes));
@@ -918,10 +1056,10 @@ void ans_zwa_abort(ans_zwa *a)
             }
     }
     ans_json_free(a->attrs);
-    ans_buf_free(&a->buf);
+    zw_spare_put(a->w, &a->buf);
     ans_buf_free(&a->soff);
     ans_buf_free(&a->vlen);
-    ans_buf_free(&a->enc);
+    zw_spare_put(a->w, &a->enc);
     free(a->lens);
     free(a->offs);
     free(a->path);

@@ -15,7 +15,9 @@
  * its encoded form (the block size + codec bound); when the block is full its units (inner chunks,
  * or the chunk) are compressed - in parallel on the writer's pool when it has one - and the block
  * is written as one value with ans_kv_set (temporary file + rename, so a key is never half
- * written). Units whose bytes are all zero (the fill value: 0, 0.0, false, "") are omitted: their
+ * written; values of 1 MiB and more the same way but with O_DIRECT from aligned buffers, where
+ * the file system allows it). Block and encode buffers of closed arrays are kept (a few, the
+ * largest) for the next arrays that need as much. Units whose bytes are all zero (the fill value: 0, 0.0, false, "") are omitted: their
  * index entry is (2^64-1, 2^64-1); a block without any unit is not written at all. An edge block is
  * encoded at full shape (the last unit padded with the fill value, units past the end omitted). An
  * array's zarr.json is written by ans_zwa_close, with the number of rows actually appended as

@@ -244,3 +244,151 @@ def test_keyboard_interrupt_cancels(inputs, tmp_path):
         annstream.convert([p for p, _ in inputs], out, dataset_size=64, progress=cb)
     assert not out.exists()
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("sorted_", [False, True], ids=["unsorted", "sorted"])
+def test_values_exact_bit_for_bit(tmp_path, sorted_):
+    """The run files store small integer values in 1 or 2 bytes and the columns as deltas: every
+    value must come back with the same bits (-0.0, NaN, infinities, 255/256, 65535/65536,
+    fractions, negatives), for every value type, explicit zeros and unsorted input columns
+    included."""
+    special = np.array([0.0, -0.0, 1.0, 2.0, 255.0, 256.0, 65535.0, 65536.0, 0.5, -1.0, np.nan,
+                        np.inf, -np.inf, 1e-30, 3e38, 7.0], dtype=np.float32)
+    n, genes = 64, [f"g{i}" for i in range(300)]
+    rng = np.random.default_rng(5)
+    rows_i, rows_j, vals = [], [], []
+    for r in range(n):
+        k = rng.integers(0, 40)
+        cols = rng.choice(len(genes), size=k, replace=False)  # unsorted within the row
+        rows_i += [r] * k
+        rows_j += list(cols)
+        vals += list(special[rng.integers(0, len(special), size=k)])
+    x = sp.csr_matrix((np.array(vals, np.float32), (rows_i, rows_j)), shape=(n, len(genes)))
+    # coo -> csr sorts; rebuild with each row's columns in random order and explicit zeros kept
+    indptr, indices, data = [0], [], []
+    for r in range(n):
+        sel = np.flatnonzero(np.array(rows_i) == r)
+        perm = rng.permutation(sel)
+        indices += [rows_j[i] for i in perm]
+        data += [vals[i] for i in perm]
+        indptr.append(len(indices))
+    x = sp.csr_matrix((np.array(data, np.float32), np.array(indices, np.int32),
+                       np.array(indptr, np.int64)), shape=(n, len(genes)))
+    assert not x.has_sorted_indices
+    if sorted_:  # the one-pass path for sorted float32 rows
+        x.sort_indices()
+    obs = pd.DataFrame({"key": np.arange(n, dtype=np.int64)}, index=[f"c{i}" for i in range(n)])
+    a = ad.AnnData(X=x, obs=obs, var=pd.DataFrame(index=genes))
+    big = rng.integers(-2**40, 2**40, size=(n, len(genes)), dtype=np.int64)
+    big[rng.random(big.shape) < 0.8] = 0
+    big[0, :5] = [1, 255, 256, 65535, 65536]
+    a.layers["i64"] = big
+    f64 = x.astype(np.float64)
+    f64.data[::3] = np.array([65535.0, 65536.0, -0.0, 1.0 / 3])[np.arange(len(f64.data[::3])) % 4]
+    a.layers["f64"] = f64
+    a.layers["u16"] = sp.csr_matrix(np.abs(big[:, :]) % 70000 % 65536).astype(np.uint16)
+    src = tmp_path / "special.h5ad"
+    a.write_h5ad(src)
+    out = tmp_path / "special.zarr"
+    annstream.convert([src], out, dataset_size=20, seed=3, progress=False,
+                      layers=["i64", "f64", "u16"], memory=65536)
+    parts = _datasets(out)
+    assert len(parts) == 4
+    full = ad.concat(parts, merge="same")
+    keys = full.obs["key"].to_numpy()
+    assert sorted(keys) == list(range(n))
+    assert list(full.var_names) == genes
+
+    def rows_of(m, r):
+        m = sp.csr_matrix(m) if not sp.issparse(m) else m
+        s, e = m.indptr[r], m.indptr[r + 1]
+        return m.indices[s:e], m.data[s:e]
+
+    def canon(m, r):  # the input row, columns sorted (stable: duplicates keep their order)
+        ind, dat = rows_of(m, r)
+        o = np.argsort(ind, kind="stable")
+        return ind[o], dat[o]
+
+    for i, k in enumerate(keys):
+        for name, got_m, ref_m in [("X", full.X, a.X), ("f64", full.layers["f64"], a.layers["f64"]),
+                                   ("u16", full.layers["u16"], a.layers["u16"])]:
+            gi, gd = rows_of(got_m, i)
+            ri, rd = canon(ref_m, k)
+            assert np.array_equal(gi, ri), (name, k)
+            assert gd.dtype == rd.dtype, name
+            assert gd.tobytes() == rd.tobytes(), (name, k)
+        got_big = full.layers["i64"][i]
+        got_big = got_big.toarray().ravel() if sp.issparse(got_big) else np.asarray(got_big).ravel()
+        assert np.array_equal(got_big, big[k])
+
+
+def _annbatch_python() -> str | None:
+    env = os.environ.get("ANS_ANNBATCH_PYTHON")
+    if env:
+        return env
+    default = Path(__file__).resolve().parents[2] / ".bench-annbatch-venv" / "bin" / "python"
+    return str(default) if default.exists() else None
+
+
+_ANNBATCH_READ = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import scipy.sparse as sp
+    import annbatch
+
+    coll = annbatch.DatasetCollection(sys.argv[1], mode="r")
+    loader = annbatch.Loader(chunk_size=16, preload_nchunks=4, batch_size=32, shuffle=True,
+                             drop_last=False, to=None, preload_to_gpu=False,
+                             rng=np.random.default_rng(0))
+    loader.use_collection(coll)
+    keys, names, xs, var = [], [], [], None
+    for b in loader:
+        x = b["X"]
+        xs.append(sp.csr_matrix(x) if sp.issparse(x) else sp.csr_matrix(np.asarray(x)))
+        keys.append(b["obs"]["key"].to_numpy())
+        names += [str(s) for s in b["obs"].index]
+        var = [str(v) for v in b["var"].index]
+    np.savez(sys.argv[2], keys=np.concatenate(keys), names=np.array(names),
+             X=sp.vstack(xs).toarray(), var=np.array(var), n_obs=loader.n_obs)
+""")
+
+
+def test_annbatch_loader_reads_output(inputs, tmp_path):
+    """annbatch's own Loader.use_collection(DatasetCollection(out, mode="r")) over annstream's
+    output returns every row exactly once, with its values (checked against the inputs by key).
+    annbatch needs Python >= 3.12, so it runs in a separate interpreter: ANS_ANNBATCH_PYTHON, or
+    .bench-annbatch-venv/bin/python (tools/setup_annbatch.sh makes it)."""
+    py = _annbatch_python()
+    if not py:
+        pytest.skip("no Python with annbatch (set ANS_ANNBATCH_PYTHON or run tools/setup_annbatch.sh)")
+    probe = subprocess.run([py, "-c", "import annbatch"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        last = (probe.stderr.strip().splitlines() or ["?"])[-1]
+        pytest.skip(f"{py} cannot import annbatch: {last[-300:]}")
+    out = tmp_path / "coll.zarr"
+    annstream.convert([p for p, _ in inputs], out, seed=4, dataset_size=128, progress=False)
+    res = tmp_path / "annbatch.npz"
+    r = subprocess.run([py, "-c", _ANNBATCH_READ, str(out), str(res)], capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = np.load(res)
+    var = [f"g{i}" for i in range(10)] + [f"g{i}" for i in (14, 13, 12, 11, 10)] + ["g20"]
+    assert list(got["var"]) == var
+    total = sum(a.n_obs for _, a in inputs)
+    keys = got["keys"]
+    assert int(got["n_obs"]) == total and len(keys) == total
+    assert len(np.unique(keys)) == total  # every row exactly once
+    assert len(set(got["names"])) == total
+    X = got["X"]
+    for s, (_, a) in enumerate(inputs):
+        sel = np.flatnonzero(keys // 1_000_000 == s)
+        assert len(sel) == a.n_obs
+        rows = keys[sel] % 1_000_000
+        src_x = a.X.toarray() if sp.issparse(a.X) else np.asarray(a.X)
+        ref = pd.DataFrame(src_x, columns=list(a.var_names)).reindex(columns=var,
+                                                                     fill_value=0).to_numpy()
+        assert np.array_equal(X[sel], ref[rows])
+        # obs names: the input's, with "-<input>" where an earlier input had the same name
+        names = got["names"][sel]
+        base = np.array([str(n).rsplit("-", 1)[0] if s > 0 else str(n) for n in names])
+        assert np.array_equal(base, np.asarray(a.obs_names)[rows])
