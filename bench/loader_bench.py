@@ -45,7 +45,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from annbatch_worker import evict, peak_rss_mib, serve, time_epoch  # noqa: E402  (stdlib only)
+from annbatch_worker import evict, idle_load, peak_rss_mib, serve, time_epoch  # noqa: E402  (stdlib only)
 
 NOT_AVAILABLE = "annstream.Loader not available yet"
 
