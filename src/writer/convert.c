@@ -2259,6 +2259,25 @@ static int add_input(cv *c, const char *path, int threads)
     if (rc != ANS_OK) return rc;
     in->n_obs = ans_store_n_obs(in->st);
     in->n_vars = ans_store_n_vars(in->st);
+    if (in->n_obs > 0) {
+        /* Read X's last row first (CSR: its indptr's two ends): a shape the file cannot back
+         * (an indptr that does not end at the stored values) fails here with a FormatError,
+         * before obs and var are read at the claimed length. Not for CSC, where one row is a
+         * pass over the whole matrix. */
+        ans_element *x = NULL;
+        rc = ans_store_element(&x, in->st, "X");
+        if (rc == ANS_OK && ans_element_format(x) == ANS_FORMAT_CSC) {
+            ans_element_free(x);
+        } else if (rc == ANS_OK) {
+            ans_rows *last = NULL;
+            rc = ans_element_read_range(x, in->n_obs - 1, in->n_obs, &last);
+            ans_rows_free(last);
+            ans_element_free(x);
+            if (rc != ANS_OK) return rc;
+        } else if (rc != ANS_ENOTFOUND) {
+            return rc;
+        }
+    }
     in->offset = c->n_total;
     if (ans_add_overflow(c->n_total, in->n_obs, &c->n_total))
         return ans_err(ANS_EINVAL, "ans_convert: too many rows");
