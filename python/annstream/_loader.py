@@ -17,6 +17,7 @@ import json
 import os
 import re
 import secrets
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -94,10 +95,12 @@ def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
     auto_rank, auto_world = 0, 1
     if rank is None or world_size is None:
         found = False
-        if _HAVE_TORCH:
+        # Only when torch.distributed is already imported (it is, if a process group was set
+        # up): importing it here would be slow, and a fork() while another thread is importing
+        # leaves the child waiting for good on the module's import lock.
+        dist = sys.modules.get("torch.distributed") if _HAVE_TORCH else None
+        if dist is not None:
             try:
-                import torch.distributed as dist
-
                 if dist.is_available() and dist.is_initialized():
                     auto_rank, auto_world = dist.get_rank(), dist.get_world_size()
                     found = True
@@ -123,11 +126,10 @@ def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
 
 def _worker() -> tuple[int, int]:
     """(worker_id, num_workers) inside a torch DataLoader worker, else (0, 1)."""
-    if not _HAVE_TORCH:
+    data = sys.modules.get("torch.utils.data") if _HAVE_TORCH else None
+    if data is None:
         return 0, 1
-    import torch.utils.data
-
-    info = torch.utils.data.get_worker_info()
+    info = data.get_worker_info()
     if info is None:
         return 0, 1
     return int(info.id), int(info.num_workers)
