@@ -551,6 +551,31 @@ static int read_load(ans_loader *l)
     return ANS_OK;
 }
 
+/* Hand over a group of n slots the producer filled (got of them taken): queued in batch order,
+ * or - after an error (rc < 0) or a stop - returned to the free list. ANS_OK, STOPPED or rc. */
+static int publish_slots(ans_loader *l, ans_batch **slots, size_t got, size_t n, int rc)
+{
+    pthread_mutex_lock(&l->mu);
+    if (rc < 0 || l->stop) {
+        for (size_t q = 0; q < got; q++) slot_put(l, slots[q]);
+        l->ahead -= got;
+        pthread_cond_broadcast(&l->cv_space);
+        pthread_mutex_unlock(&l->mu);
+        return rc < 0 ? rc : STOPPED;
+    }
+    for (size_t q = 0; q < n; q++) {
+        slots[q]->state = SLOT_QUEUED;
+        if (l->ready_tail)
+            l->ready_tail->next = slots[q];
+        else
+            l->ready_head = slots[q];
+        l->ready_tail = slots[q];
+    }
+    pthread_cond_broadcast(&l->cv_ready);
+    pthread_mutex_unlock(&l->mu);
+    return ANS_OK;
+}
+
 static size_t cast_conv_fn(void *dst, const void *src, size_t n, const void *ctx)
 {
     const ans_loader *l = ctx;
@@ -720,25 +745,7 @@ static int produce_direct(ans_loader *l, uint64_t skip)
             memcpy(dup[k].indices, isrc[dup[k].row], c * isz);
         }
     }
-    pthread_mutex_lock(&l->mu);
-    if (rc < 0 || l->stop) {
-        for (size_t q = 0; q < got; q++) slot_put(l, slots[q]);
-        l->ahead -= got;
-        pthread_cond_broadcast(&l->cv_space);
-        pthread_mutex_unlock(&l->mu);
-        return rc < 0 ? rc : STOPPED;
-    }
-    for (size_t q = 0; q < need; q++) {
-        slots[q]->state = SLOT_QUEUED;
-        if (l->ready_tail)
-            l->ready_tail->next = slots[q];
-        else
-            l->ready_head = slots[q];
-        l->ready_tail = slots[q];
-    }
-    pthread_cond_broadcast(&l->cv_ready);
-    pthread_mutex_unlock(&l->mu);
-    return ANS_OK;
+    return publish_slots(l, slots, got, need, rc);
 }
 
 /* Execute l->cur from its batch `skip` on. ANS_OK, STOPPED or an error. */
@@ -769,23 +776,8 @@ static int produce_plan(ans_loader *l, uint64_t skip)
             gather_ctx ctx = {l, slots, i};
             rc = ans_pool_for(l->pool, g, gather_fn, &ctx);
         }
-        pthread_mutex_lock(&l->mu);
-        if (rc < 0 || l->stop) {
-            for (size_t q = 0; q < got; q++) slot_put(l, slots[q]);
-            l->ahead -= got;
-            pthread_mutex_unlock(&l->mu);
-            return rc < 0 ? rc : STOPPED;
-        }
-        for (size_t q = 0; q < g; q++) {
-            slots[q]->state = SLOT_QUEUED;
-            if (l->ready_tail)
-                l->ready_tail->next = slots[q];
-            else
-                l->ready_head = slots[q];
-            l->ready_tail = slots[q];
-        }
-        pthread_cond_broadcast(&l->cv_ready);
-        pthread_mutex_unlock(&l->mu);
+        rc = publish_slots(l, slots, got, g, rc);
+        if (rc != ANS_OK) return rc; /* an error, or STOPPED */
         i += g;
     }
     return ANS_OK;
