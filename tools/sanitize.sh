@@ -68,7 +68,7 @@ if [ "$PYTHON_TOO" = 1 ]; then
   cp python/annstream/*.py "$PKG/"
   cp build/asan-py/*.so "$PKG/"
   CC_NAME=$(meson introspect build/asan-py --compilers 2>/dev/null | python -c 'import json,sys; print(json.load(sys.stdin)["host"]["c"]["exelist"][0])' 2>/dev/null || echo cc)
-  if "$CC_NAME" --version 2>/dev/null | grep -q clang; then
+  if "$CC_NAME" --version 2>/dev/null | grep -c clang >/dev/null; then
     LIBASAN=$("$CC_NAME" -print-file-name=libclang_rt.asan-x86_64.so)
   else
     LIBASAN=$("$CC_NAME" -print-file-name=libasan.so)

@@ -58,7 +58,7 @@ if ! command -v "$TSAN_CC" >/dev/null; then
     echo "tsan: compiler $TSAN_CC not found" >&2; exit 1
   fi
 fi
-if "$TSAN_CC" --version | grep -q clang; then
+if "$TSAN_CC" --version | grep -c clang >/dev/null; then
   RUNTIME=$("$TSAN_CC" -print-file-name=libclang_rt.tsan-x86_64.so)
 else
   RUNTIME=$("$TSAN_CC" -print-file-name=libtsan.so)
@@ -162,7 +162,7 @@ PKG="$ROOT/build/tsan-py/pkg/annstream"
 rm -rf "$ROOT/build/tsan-py/pkg"; mkdir -p "$PKG"
 cp python/annstream/*.py "$PKG/"
 cp build/tsan-py/*.so "$PKG/"
-nm -D "$PKG"/_core*.so | grep -q "__tsan_func_entry" ||
+nm -D "$PKG"/_core*.so | grep -c "__tsan_func_entry" >/dev/null ||
   { echo "tsan: $PKG/_core*.so is not instrumented" >&2; exit 1; }
 export PYTHONPATH="$ROOT/build/tsan-py/pkg"
 LD_PRELOAD="$RUNTIME" TSAN_OPTIONS="$PY_OPTS" "${RUN[@]}" \
