@@ -311,6 +311,19 @@ typedef struct gather_ctx {
     size_t first; /* batch index in the load of slots[0] */
 } gather_ctx;
 
+/* Size a CSR batch slot for n rows and nnz values (int32 or int64 indices and indptr). */
+static int reserve_csr(const ans_loader *l, ans_batch *b, uint64_t n, uint64_t nnz, int wide)
+{
+    size_t isz = wide ? 8 : 4;
+    ANS_TRY(lbuf_reserve_n(&b->data, nnz ? nnz : 1, l->out_size));
+    ANS_TRY(lbuf_reserve_n(&b->indices, nnz ? nnz : 1, isz));
+    ANS_TRY(lbuf_reserve_n(&b->indptr, n + 1, isz));
+    b->format = ANS_FORMAT_CSR;
+    b->nnz = nnz;
+    b->index_dtype = wide ? ANS_DTYPE_INT64 : ANS_DTYPE_INT32;
+    return ANS_OK;
+}
+
 static int gather_fn(void *ctx, size_t i, int slot)
 {
     (void)slot;
@@ -376,7 +389,6 @@ static int gather_fn(void *ctx, size_t i, int slot)
         return ANS_OK;
     }
 
-    b->format = ANS_FORMAT_CSR;
     uint64_t nnz = 0;
     for (uint64_t q = 0; q < n; q++) {
         uint64_t r = p2r[order[q]];
@@ -384,11 +396,7 @@ static int gather_fn(void *ctx, size_t i, int slot)
     }
     int wide = lwide || nnz > INT32_MAX;
     size_t isz = wide ? 8 : 4;
-    ANS_TRY(lbuf_reserve_n(&b->data, nnz ? nnz : 1, l->out_size));
-    ANS_TRY(lbuf_reserve_n(&b->indices, nnz ? nnz : 1, isz));
-    ANS_TRY(lbuf_reserve_n(&b->indptr, n + 1, isz));
-    b->nnz = nnz;
-    b->index_dtype = wide ? ANS_DTYPE_INT64 : ANS_DTYPE_INT32;
+    ANS_TRY(reserve_csr(l, b, n, nnz, wide));
     unsigned char *dd = b->data.p, *di = b->indices.p;
     uint64_t cum = 0;
     if (wide)
@@ -603,7 +611,6 @@ static int layout_batch(ans_loader *l, ans_batch *b, size_t j, int wide)
     b->shape[0] = n;
     b->shape[1] = l->shape[1];
     b->dtype = l->out_dtype;
-    b->format = ANS_FORMAT_CSR;
     b->has_rows = l->return_index;
     if (l->return_index) {
         ANS_TRY(lbuf_reserve_n(&b->rows, n ? n : 1, 8));
@@ -614,11 +621,7 @@ static int layout_batch(ans_loader *l, ans_batch *b, size_t j, int wide)
     uint64_t nnz = 0;
     for (uint64_t q = 0; q < n; q++) nnz += lens[p2r[order[q]]];
     size_t isz = wide ? 8 : 4;
-    ANS_TRY(lbuf_reserve_n(&b->data, nnz ? nnz : 1, l->out_size));
-    ANS_TRY(lbuf_reserve_n(&b->indices, nnz ? nnz : 1, isz));
-    ANS_TRY(lbuf_reserve_n(&b->indptr, n + 1, isz));
-    b->nnz = nnz;
-    b->index_dtype = wide ? ANS_DTYPE_INT64 : ANS_DTYPE_INT32;
+    ANS_TRY(reserve_csr(l, b, n, nnz, wide));
     unsigned char *dd = b->data.p, *di = b->indices.p;
     uint64_t cum = 0;
     for (uint64_t q = 0; q < n; q++) {

@@ -582,6 +582,27 @@ static int rd_shards(zread *rd, size_t njobs)
 
 static int za_run(zread *rdp, zpiece *pieces, size_t np, int sorted);
 
+/* Split rows [start, start + count) into pieces, one per unit row they touch; the first row goes
+ * to output row dst_row (za_read) and address dptr, the next ones dsize bytes apart. */
+static void split_pieces(uint64_t U0, uint64_t start, uint64_t count, size_t seg, uint64_t dst_row,
+                         uint8_t *dptr, size_t dsize, zpiece *pieces, size_t *np, int *sorted)
+{
+    uint64_t e = start + count;
+    for (uint64_t r = start; r < e;) {
+        uint64_t u0 = r / U0, ue = (u0 + 1) * U0;
+        uint64_t stop = ue < e ? ue : e;
+        zpiece *p = &pieces[(*np)++];
+        p->u0 = u0;
+        p->r0 = r - u0 * U0;
+        p->n = stop - r;
+        p->dst = dst_row + (r - start);
+        p->dptr = dptr + (r - start) * dsize;
+        p->seg = seg;
+        if (*np > 1 && pieces[*np - 2].u0 > u0) *sorted = 0;
+        r = stop;
+    }
+}
+
 static int za_read(ans_array *a, const ans_range *ranges, size_t nranges, void *out)
 {
     ans_zarray *za = (ans_zarray *)a;
@@ -620,21 +641,10 @@ static int za_read(ans_array *a, const ans_range *ranges, size_t nranges, void *
     uint64_t dst = 0;
     int sorted = 1;
     for (size_t i = 0; i < nranges; i++) {
-        uint64_t s = ranges[i].start, e = s + ranges[i].count;
-        for (uint64_t r = s; r < e;) {
-            uint64_t u0 = r / U0, ue = (u0 + 1) * U0;
-            uint64_t stop = ue < e ? ue : e;
-            zpiece *p = &pieces[np++];
-            p->u0 = u0;
-            p->r0 = r - u0 * U0;
-            p->n = stop - r;
-            p->dst = dst;
-            p->dptr = (uint8_t *)out + dst * a->row_bytes;
-            p->seg = i;
-            dst += stop - r;
-            if (np > 1 && pieces[np - 2].u0 > u0) sorted = 0;
-            r = stop;
-        }
+        split_pieces(U0, ranges[i].start, ranges[i].count, i, dst,
+                     (uint8_t *)out + dst * a->row_bytes, (size_t)a->row_bytes, pieces, &np,
+                     &sorted);
+        dst += ranges[i].count;
     }
     rc = za_run(&rd, pieces, np, sorted);
     free(pieces);
@@ -807,22 +817,9 @@ static int za_read_segs(ans_array *a, const ans_seg *segs, size_t nsegs, const a
     if (!pieces) return ANS_ENOMEM;
     size_t np = 0;
     int sorted = 1;
-    for (size_t i = 0; i < nsegs; i++) {
-        uint64_t s = segs[i].start, e = s + segs[i].count;
-        for (uint64_t r = s; r < e;) {
-            uint64_t u0 = r / U0, ue = (u0 + 1) * U0;
-            uint64_t stop = ue < e ? ue : e;
-            zpiece *p = &pieces[np++];
-            p->u0 = u0;
-            p->r0 = r - u0 * U0;
-            p->n = stop - r;
-            p->dst = 0;
-            p->dptr = (uint8_t *)segs[i].dst + (r - s) * dsize;
-            p->seg = i;
-            if (np > 1 && pieces[np - 2].u0 > u0) sorted = 0;
-            r = stop;
-        }
-    }
+    for (size_t i = 0; i < nsegs; i++)
+        split_pieces(U0, segs[i].start, segs[i].count, i, 0, segs[i].dst, dsize, pieces, &np,
+                     &sorted);
     zread rd;
     memset(&rd, 0, sizeof rd);
     rd.za = za;
