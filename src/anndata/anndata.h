@@ -148,6 +148,12 @@ int ans_ad_element_read_ranges_into(ans_element *e, const ans_range *ranges, siz
 /* Stored values per row of `ranges`' rows (CSR), in range order, into lens (one per row). */
 int ans_ad_element_row_lengths(ans_element *e, const ans_range *ranges, size_t n, uint64_t *lens);
 
+/* The rows of `ranges` (dense or CSR) will be read soon: let the storage start fetching their
+ * stored bytes (ans_array_advise; reads the indptr blocks it needs, decodes nothing). `scratch`
+ * holds n ranges. A failure only means a missed hint. */
+int ans_ad_element_advise_rows(ans_element *e, const ans_range *ranges, size_t n,
+                               ans_range *scratch);
+
 /* Scatter the rows of `ranges` (CSR, rows in range order numbered k = 0, 1, ...): row k's values
  * go to data_dst[k] (converted by data_conv, or copied when NULL) and its column indices to
  * idx_dst[k] as `index_dtype` (INT32 or INT64), each checked against n_vars (ANS_ECORRUPT naming

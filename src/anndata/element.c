@@ -22,6 +22,7 @@
  * Every ans_rows is ONE allocation: the header followed by its 64-byte aligned buffers (for reads
  * with many ranges the range list rides along, 16 bytes per range). */
 #include "anndata/anndata.h"
+#include "common/stream.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -1314,14 +1315,38 @@ int ans_ad_element_row_lengths(ans_element *e, const ans_range *ranges, size_t n
     return ANS_OK;
 }
 
+int ans_ad_element_advise_rows(ans_element *e, const ans_range *ranges, size_t n,
+                               ans_range *scratch)
+{
+    uint64_t rows = 0;
+    ANS_TRY(ranges_in_bounds(e, ranges, n, &rows));
+    if (rows == 0) return ANS_OK;
+    if (e->format == ANS_FORMAT_DENSE) return ans_array_advise(e->dense, ranges, n);
+    if (e->format != ANS_FORMAT_CSR) return ANS_OK;
+    ANS_TRY(ptr_need_ranges(e, ranges, n));
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t a = ptr_at(e, ranges[i].start), b = ptr_at(e, ranges[i].start + ranges[i].count);
+        if (b > a) scratch[m++] = (ans_range){a, b - a};
+    }
+    if (m == 0) return ANS_OK;
+    ANS_TRY(ans_array_advise(e->data, scratch, m));
+    return ans_array_advise(e->indices, scratch, m);
+}
+
 typedef struct idx_conv_ctx {
     ans_dtype st, ot;
     uint64_t lim;
 } idx_conv_ctx;
 
+/* Indices into batch slots: the common cases with streaming stores (common/stream.h). */
 static size_t idx_conv_fn(void *dst, const void *src, size_t n, const void *ctx)
 {
     const idx_conv_ctx *c = ctx;
+    if (c->ot == ANS_DTYPE_INT32 && c->st == ANS_DTYPE_UINT16)
+        return ans_stream_u16_i32(dst, src, n, c->lim);
+    if (c->ot == ANS_DTYPE_INT32 && c->st == ANS_DTYPE_INT32)
+        return ans_stream_i32_i32(dst, src, n, c->lim);
     return conv_ints(src, c->st, dst, c->ot, n, c->lim);
 }
 

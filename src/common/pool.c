@@ -23,6 +23,7 @@
 
 #include "common/error.h"
 #include "common/mem.h"
+#include "common/stream.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -159,6 +160,7 @@ static void batch_run(ans_pool *pool, ans_pool_call *b, int slot)
             break;
         }
     }
+    ans_stream_fence(); /* jobs may have written with streaming stores (common/stream.h) */
 }
 
 static void *worker_main(void *arg)

@@ -105,6 +105,12 @@ int ans_array_read_segs(ans_array *a, const ans_seg *segs, size_t nsegs, const a
     return ans_array_read_segs_copy(a, segs, nsegs, conv, bad);
 }
 
+int ans_array_advise(ans_array *a, const ans_range *ranges, size_t nranges)
+{
+    if (!a->ops->advise || a->dtype == ANS_DTYPE_STRING) return ANS_OK;
+    return a->ops->advise(a, ranges, nranges);
+}
+
 int ans_array_read_segs_copy(ans_array *a, const ans_seg *segs, size_t nsegs,
                              const ans_conv *conv, size_t *bad)
 {

@@ -88,6 +88,10 @@ struct ans_array_ops {
      * conversion rejected a value, or SIZE_MAX. */
     int (*read_segs)(ans_array *a, const ans_seg *segs, size_t nsegs, const ans_conv *conv,
                      size_t *bad);
+    /* Optional (NULL: nothing is done): the rows of `ranges` will be read soon; start fetching
+     * their stored bytes in the background (ans_kv_advise). May read metadata it needs (shard
+     * indexes); never decodes. A failure is only a missed hint: callers may ignore it. */
+    int (*advise)(ans_array *a, const ans_range *ranges, size_t nranges);
 };
 
 struct ans_array {
@@ -100,6 +104,9 @@ struct ans_array {
     size_t itemsize;    /* bytes per value in memory, 0 for STRING */
     uint64_t row_bytes; /* itemsize * prod(shape[1:]) (itemsize for 0-d and 1-D) */
 };
+
+/* ops->advise when the backend has one, else ANS_OK. */
+int ans_array_advise(ans_array *a, const ans_range *ranges, size_t nranges);
 
 /* Backends (each fails with a clear message when `path` is not of its kind). */
 int ans_zarr_open(ans_container **out, const char *path, ans_pool *pool);

@@ -2454,6 +2454,7 @@ static const struct ans_array_ops h5_array_ops = {
     h5_describe,
     h5_array_free,
     NULL, /* read_segs: the generic read-then-copy path */
+    NULL, /* advise: libhdf5 does its own I/O */
 };
 
 static const struct ans_container_ops h5_container_ops = {

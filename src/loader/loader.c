@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "common/mem.h"
 #include "common/pool.h"
+#include "common/stream.h"
 #include "loader/sampler.h"
 
 #include <pthread.h>
@@ -218,10 +219,13 @@ struct ans_loader {
 
     /* ---- the producer's own ---- */
     ans_load_plan plan;        /* sampler mode: the plan of the current load */
+    ans_load_plan hplan;       /* sampler mode: the next load's plan, for the read-ahead hint */
     const ans_load_plan *cur;  /* the plan being executed (&plan or a pushed one) */
     lbuf pieces, sranges, scratch, pos2row, pos2glob, group;
     lbuf ldata, lidx, lptr;
     lbuf lens, ddst, idst, segs, sbase, dups; /* direct mode */
+    lbuf hpieces, hranges, hscratch;          /* read-ahead hints */
+    uint64_t *hstore_n, *hstore_pos;          /* read-ahead hints (nstores each) */
     size_t ndups;
     uint64_t *store_n;   /* ranges per store (nstores) */
     uint64_t *store_pos; /* fill cursor per store (nstores) */
@@ -438,12 +442,12 @@ static size_t store_of(const ans_loader *l, uint64_t g)
     return a;
 }
 
-/* Step 2 of loader.h: split the plan's ranges at store boundaries into pieces (plan order) and
+/* Step 2 of loader.h: split `plan`'s ranges at store boundaries into pieces (plan order) and
  * group them by store into sranges (store after store, plan order within a store); store_n[s]
- * counts store s's ranges. */
-static int plan_pieces(ans_loader *l, size_t *np_out)
+ * counts store s's ranges; first_range (nstores) is left past each store's last range. */
+static int split_plan(const ans_loader *l, const ans_load_plan *plan, lbuf *pieces, lbuf *sranges,
+                      uint64_t *store_n, uint64_t *first_range, size_t *np_out)
 {
-    const ans_load_plan *plan = l->cur;
     size_t np = 0;
     for (size_t i = 0; i < plan->n_ranges; i++) {
         uint64_t g = plan->ranges[i].start, c = plan->ranges[i].count;
@@ -456,12 +460,11 @@ static int plan_pieces(ans_loader *l, size_t *np_out)
             c -= take;
         }
     }
-    ANS_TRY(lbuf_reserve_n(&l->pieces, np ? np : 1, sizeof(piece)));
-    ANS_TRY(lbuf_reserve_n(&l->sranges, np ? np : 1, sizeof(ans_range)));
-    ANS_TRY(lbuf_reserve_n(&l->scratch, np ? np : 1, sizeof(ans_range)));
-    piece *pc = l->pieces.p;
-    ans_range *sr = l->sranges.p;
-    memset(l->store_n, 0, l->nstores * sizeof *l->store_n);
+    ANS_TRY(lbuf_reserve_n(pieces, np ? np : 1, sizeof(piece)));
+    ANS_TRY(lbuf_reserve_n(sranges, np ? np : 1, sizeof(ans_range)));
+    piece *pc = pieces->p;
+    ans_range *sr = sranges->p;
+    memset(store_n, 0, l->nstores * sizeof *store_n);
     np = 0;
     uint64_t pos = 0;
     for (size_t i = 0; i < plan->n_ranges; i++) {
@@ -471,23 +474,55 @@ static int plan_pieces(ans_loader *l, size_t *np_out)
             uint64_t take = l->offsets[s + 1] - g;
             if (take > c) take = c;
             pc[np++] = (piece){s, g - l->offsets[s], take, pos, g, 0};
-            l->store_n[s]++;
+            store_n[s]++;
             pos += take;
             g += take;
             c -= take;
         }
     }
-    /* group by store: store s's ranges at sranges[store_pos[s]...] (range index), rows likewise */
-    uint64_t *first_range = l->store_pos;
+    /* group by store: store s's ranges at sranges[first_range[s]...] (range index) */
     uint64_t acc = 0;
     for (size_t s = 0; s < l->nstores; s++) {
         first_range[s] = acc;
-        acc += l->store_n[s];
+        acc += store_n[s];
     }
     for (size_t i = 0; i < np; i++) sr[first_range[pc[i].store]++] = (ans_range){pc[i].local,
                                                                                  pc[i].count};
     *np_out = np;
     return ANS_OK;
+}
+
+/* split_plan of the current plan into the producer's buffers. */
+static int plan_pieces(ans_loader *l, size_t *np_out)
+{
+    ANS_TRY(split_plan(l, l->cur, &l->pieces, &l->sranges, l->store_n, l->store_pos, np_out));
+    return lbuf_reserve_n(&l->scratch, *np_out ? *np_out : 1, sizeof(ans_range));
+}
+
+/* Read-ahead hint: tell each store which bytes load k will need, so that their reads are queued
+ * while the loads before it decode (cold page cache: all of a load's reads in flight at once
+ * instead of one per thread). Only a hint: any failure is dropped, and the reads themselves
+ * report real errors. */
+static void advise_load(ans_loader *l, uint64_t k)
+{
+    if (k >= ans_sampler_n_loads(l->sampler)) return;
+    ans_errinfo saved;
+    ans_err_save(&saved);
+    size_t np;
+    if (ans_sampler_plan(l->sampler, k, &l->hplan) == ANS_OK &&
+        split_plan(l, &l->hplan, &l->hpieces, &l->hranges, l->hstore_n, l->hstore_pos, &np) ==
+            ANS_OK &&
+        lbuf_reserve_n(&l->hscratch, np ? np : 1, sizeof(ans_range)) == ANS_OK) {
+        const ans_range *sr = l->hranges.p;
+        uint64_t r0 = 0;
+        for (size_t s = 0; s < l->nstores; s++) {
+            if (l->hstore_n[s] == 0) continue;
+            (void)ans_ad_element_advise_rows(l->els[s], sr + r0, (size_t)l->hstore_n[s],
+                                             l->hscratch.p);
+            r0 += l->hstore_n[s];
+        }
+    }
+    ans_err_restore(&saved);
 }
 
 /* Read the rows of the current plan into the load buffer (steps 2 and 3 of loader.h). */
@@ -563,6 +598,7 @@ static int read_load(ans_loader *l)
  * or - after an error (rc < 0) or a stop - returned to the free list. ANS_OK, STOPPED or rc. */
 static int publish_slots(ans_loader *l, ans_batch **slots, size_t got, size_t n, int rc)
 {
+    ans_stream_fence(); /* the slots were filled with streaming stores */
     pthread_mutex_lock(&l->mu);
     if (rc < 0 || l->stop) {
         for (size_t q = 0; q < got; q++) slot_put(l, slots[q]);
@@ -786,8 +822,10 @@ static int produce_plan(ans_loader *l, uint64_t skip)
     return ANS_OK;
 }
 
-static int produce_load(ans_loader *l, uint64_t k, uint64_t skip)
+static int produce_load(ans_loader *l, uint64_t k, uint64_t skip, int first)
 {
+    if (first) advise_load(l, k);
+    advise_load(l, k + 1);
     ANS_TRY(ans_sampler_plan(l->sampler, k, &l->plan));
     l->cur = &l->plan;
     return produce_plan(l, skip);
@@ -830,7 +868,8 @@ static void *producer_main(void *arg)
     } else if (l->start_batch < ans_sampler_n_batches(l->sampler)) {
         rc = ans_sampler_locate_batch(l->sampler, l->start_batch, &load, &skip);
         uint64_t n_loads = ans_sampler_n_loads(l->sampler);
-        for (; rc == ANS_OK && load < n_loads; load++, skip = 0) rc = produce_load(l, load, skip);
+        for (int first = 1; rc == ANS_OK && load < n_loads; load++, skip = 0, first = 0)
+            rc = produce_load(l, load, skip, first);
     }
     pthread_mutex_lock(&l->mu);
     if (rc < 0 && !l->stop) {
@@ -1038,7 +1077,10 @@ int ans_loader_new(ans_loader **out, ans_store *const *stores, size_t nstores,
     l->store_n = calloc(nstores, sizeof *l->store_n);
     l->store_pos = calloc(nstores, sizeof *l->store_pos);
     l->store_sz = calloc(nstores, sizeof *l->store_sz);
-    if (!l->els || !l->offsets || !l->store_n || !l->store_pos || !l->store_sz) {
+    l->hstore_n = calloc(nstores, sizeof *l->hstore_n);
+    l->hstore_pos = calloc(nstores, sizeof *l->hstore_pos);
+    if (!l->els || !l->offsets || !l->store_n || !l->store_pos || !l->store_sz || !l->hstore_n ||
+        !l->hstore_pos) {
         rc = ans_err(ANS_ENOMEM, "loader: out of memory");
         goto fail;
     }
@@ -1131,8 +1173,11 @@ void ans_loader_free(ans_loader *l)
     free(l->store_n);
     free(l->store_pos);
     free(l->store_sz);
+    free(l->hstore_n);
+    free(l->hstore_pos);
     ans_sampler_free(l->sampler);
     ans_load_plan_free(&l->plan);
+    ans_load_plan_free(&l->hplan);
     plan_node *lists[2] = {l->plans_head, l->plans_free};
     for (int i = 0; i < 2; i++)
         while (lists[i]) {
@@ -1157,6 +1202,9 @@ void ans_loader_free(ans_loader *l)
     lbuf_free(&l->segs);
     lbuf_free(&l->sbase);
     lbuf_free(&l->dups);
+    lbuf_free(&l->hpieces);
+    lbuf_free(&l->hranges);
+    lbuf_free(&l->hscratch);
     ans_pool_free(l->own_pool);
     if (l->core) ans_ad_core_unref(l->core);
     if (!same_process) {

@@ -46,6 +46,11 @@ int ans_kv_get_part(ans_kv *kv, const char *key, int from_end, uint64_t len, ans
 /* Total size and number of the values under `prefix` ("" = everything), recursively. Missing prefix:
  * ANS_ENOTFOUND (no message). A prefix naming a value counts that value. */
 int ans_kv_du(ans_kv *kv, const char *prefix, uint64_t *bytes, uint64_t *count);
+/* Tell the storage that bytes [offset, offset + len) of `key` will be read soon (len 0: to the
+ * end), so it can start fetching them in the background (local files: posix_fadvise WILLNEED, which
+ * queues the reads and returns). Only a hint: a missing key or a refused advice is ignored, nothing
+ * is recorded as an error, and the result never changes what a later read returns. */
+void ans_kv_advise(ans_kv *kv, const char *key, uint64_t offset, uint64_t len);
 /* Write a value atomically (temporary file + rename), creating parent directories. */
 int ans_kv_set(ans_kv *kv, const char *key, const void *data, size_t len);
 

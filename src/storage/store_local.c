@@ -142,6 +142,28 @@ static int kv_read_at(int fd, const char *path, void *dst, uint64_t len, uint64_
     return ANS_OK;
 }
 
+void ans_kv_advise(ans_kv *kv, const char *key, uint64_t offset, uint64_t len)
+{
+#if defined(POSIX_FADV_WILLNEED)
+    char path[KV_PATH_MAX];
+    if (offset > (uint64_t)INT64_MAX || len > (uint64_t)INT64_MAX - offset) return;
+    ans_errinfo saved;
+    ans_err_save(&saved);
+    int bad = kv_path(kv, key, path, KV_PATH_MAX) < 0;
+    ans_err_restore(&saved); /* a hint leaves the last error as it was */
+    if (bad) return;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return;
+    (void)posix_fadvise(fd, (off_t)offset, (off_t)len, POSIX_FADV_WILLNEED);
+    close(fd);
+#else
+    (void)kv;
+    (void)key;
+    (void)offset;
+    (void)len;
+#endif
+}
+
 int ans_kv_open_dir(ans_kv **out, const char *root)
 {
     *out = NULL;

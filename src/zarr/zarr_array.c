@@ -11,6 +11,7 @@
 #include "zarr/zarr.h"
 
 #include "common/error.h"
+#include "common/stream.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -294,6 +295,7 @@ typedef struct zread {
     size_t nshards;
     ans_zws **ws;
     int nws;
+    int advise; /* only tell the store which bytes will be read (ans_kv_advise) */
 } zread;
 
 static int rd_ws(zread *rd, int slot, ans_zws **out)
@@ -392,7 +394,7 @@ static int rd_unit(zread *rd, ans_zws *ws, const zjob *job, const uint8_t *src, 
             if (p == direct) continue;
             const uint8_t *from = res + (pc->r0 * rb - lo);
             if (!conv) {
-                memcpy(pc->dptr, from, (size_t)(pc->n * rb));
+                ans_stream_copy(pc->dptr, from, (size_t)(pc->n * rb));
                 continue;
             }
             size_t nv = (size_t)(pc->n * row_elems);
@@ -603,7 +605,45 @@ static void split_pieces(uint64_t U0, uint64_t start, uint64_t count, size_t seg
     }
 }
 
+/* Advise mode of za_run: hand each run's byte range (sharded) or chunk file to ans_kv_advise. */
+static void rd_advise(const zread *rd, size_t nruns)
+{
+    ans_zarray *za = rd->za;
+    ans_kv *kv = ans_zstore_kv(za->zs);
+    for (size_t i = 0; i < nruns; i++) {
+        const zrun *run = &rd->runs[i];
+        const zjob *first = &rd->jobs[rd->order[run->j0]];
+        if (first->missing) continue;
+        uint64_t c[ANS_MAX_NDIM];
+        char key[ANS_ZKEY_MAX];
+        if (za->shard) {
+            const zjob *last = &rd->jobs[rd->order[run->j0 + run->n - 1]];
+            shard_coords(za, rd->shard_ids[first->shard], c);
+            if (ans_zkey(za, c, key, sizeof key) == ANS_OK)
+                ans_kv_advise(kv, key, first->off, last->off + last->nb - first->off);
+        } else {
+            unit_coords(za, rd->urows[first->urow].u0, first->col, c);
+            if (ans_zkey(za, c, key, sizeof key) == ANS_OK) ans_kv_advise(kv, key, 0, 0);
+        }
+    }
+}
+
+static int za_read_or_advise(ans_array *a, const ans_range *ranges, size_t nranges, void *out,
+                             int advise);
+
 static int za_read(ans_array *a, const ans_range *ranges, size_t nranges, void *out)
+{
+    return za_read_or_advise(a, ranges, nranges, out, 0);
+}
+
+static int za_advise(ans_array *a, const ans_range *ranges, size_t nranges)
+{
+    return za_read_or_advise(a, ranges, nranges, NULL, 1);
+}
+
+/* za_read, or (advise) only the ans_kv_advise calls for the bytes it would read. */
+static int za_read_or_advise(ans_array *a, const ans_range *ranges, size_t nranges, void *out,
+                             int advise)
 {
     ans_zarray *za = (ans_zarray *)a;
     if (a->dtype == ANS_DTYPE_STRING)
@@ -620,6 +660,7 @@ static int za_read(ans_array *a, const ans_range *ranges, size_t nranges, void *
     memset(&rd, 0, sizeof rd);
     rd.za = za;
     rd.out = out;
+    rd.advise = advise;
     rd.fullrows = 1;
     for (int d = 1; d < za->nd; d++)
         if (za->unit[d] != za->shp[d]) rd.fullrows = 0;
@@ -765,7 +806,10 @@ static int za_run(zread *rdp, zpiece *pieces, size_t np, int sorted)
     }
     rd.order = order;
     rd.runs = runs;
-    rc = run_pool(za, nruns, rd_run, &rd);
+    if (rd.advise)
+        rd_advise(&rd, nruns);
+    else
+        rc = run_pool(za, nruns, rd_run, &rd);
 
 done:
     if (rd.ws) {
@@ -1117,6 +1161,7 @@ static const struct ans_array_ops zarr_array_ops = {
     za_describe,
     za_free,
     za_read_segs,
+    za_advise,
 };
 
 int ans_zarray_open(ans_zstore *zs, const char *path, const ans_json *meta, ans_array **out)

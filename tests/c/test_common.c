@@ -1,10 +1,11 @@
-/* test_common.c - tests for layer 0: error, mem, pool, json. */
+/* test_common.c - tests for layer 0: error, mem, pool, json, stream. */
 #include "harness.h"
 
 #include "common/error.h"
 #include "common/json.h"
 #include "common/mem.h"
 #include "common/pool.h"
+#include "common/stream.h"
 
 #include <locale.h>
 #include <math.h>
@@ -827,6 +828,94 @@ static void test_json_large(void)
     ans_buf_free(&text);
 }
 
+/* ---------------------------------------------------------------------------------------------- */
+/* stream: streaming copies agree with plain ones at every alignment and length, and the range    */
+/* checks find the first bad value wherever it sits (head, vector body, tail).                     */
+
+static void test_stream_copy(void)
+{
+    enum { CAP = 5000 };
+    uint8_t *src = malloc(CAP + 64), *dst = malloc(CAP + 64);
+    CHECK(src && dst);
+    if (!src || !dst) goto out;
+    for (size_t i = 0; i < CAP + 64; i++) src[i] = (uint8_t)(i * 131 + 7);
+    const size_t lens[] = {0, 1, 15, 255, 256, 257, 1000, 4096, CAP};
+    for (size_t so = 0; so < 3; so++)
+        for (size_t d0 = 0; d0 < 17; d0 += 5)
+            for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
+                memset(dst, 0xEE, CAP + 64);
+                ans_stream_copy(dst + d0, src + so, lens[k]);
+                ans_stream_fence();
+                CHECK(memcmp(dst + d0, src + so, lens[k]) == 0);
+                /* nothing outside the destination is touched */
+                for (size_t i = 0; i < d0; i++) CHECK(dst[i] == 0xEE);
+                CHECK(dst[d0 + lens[k]] == 0xEE);
+            }
+out:
+    free(src);
+    free(dst);
+}
+
+static void test_stream_u16_i32(void)
+{
+    enum { N = 777 };
+    uint16_t src[N];
+    int32_t out[N + 8];
+    for (size_t i = 0; i < N; i++) src[i] = (uint16_t)((i * 37) % 1000);
+    for (size_t off = 0; off < 4; off++) {
+        int32_t *dst = (int32_t *)(void *)((char *)out + 4 * off);
+        CHECK(ans_stream_u16_i32(dst, src, N, 1000) == N);
+        ans_stream_fence();
+        int ok = 1;
+        for (size_t i = 0; i < N; i++) ok &= dst[i] == (int32_t)src[i];
+        CHECK(ok);
+        /* limit above every uint16 value */
+        CHECK(ans_stream_u16_i32(dst, src, N, (uint64_t)1 << 40) == N);
+        CHECK(ans_stream_u16_i32(dst, src, N, 65536) == N);
+    }
+    /* the first value >= lim, placed in the head, the vector body and the tail */
+    const size_t at[] = {0, 3, 64, 100, 500, 770, N - 1};
+    for (size_t k = 0; k < sizeof at / sizeof at[0]; k++) {
+        uint16_t save = src[at[k]];
+        src[at[k]] = 1000;
+        CHECK(ans_stream_u16_i32(out + 1, src, N, 1000) == at[k]);
+        src[at[k]] = 65535;
+        CHECK(ans_stream_u16_i32(out, src, N, 65535) == at[k]);
+        CHECK(ans_stream_u16_i32(out, src, N, 65536) == N);
+        src[at[k]] = save;
+    }
+    CHECK(ans_stream_u16_i32(out, src, N, 0) == 0);
+    CHECK(ans_stream_u16_i32(out, src, 0, 0) == 0);
+    ans_stream_fence();
+}
+
+static void test_stream_i32_i32(void)
+{
+    enum { N = 555 };
+    int32_t src[N], out[N + 4];
+    for (size_t i = 0; i < N; i++) src[i] = (int32_t)((i * 7919) % 30000);
+    for (size_t off = 0; off < 4; off++) {
+        CHECK(ans_stream_i32_i32(out + off, src, N, 30000) == N);
+        ans_stream_fence();
+        CHECK(memcmp(out + off, src, sizeof src) == 0);
+    }
+    const size_t at[] = {0, 2, 64, 300, 553, N - 1};
+    for (size_t k = 0; k < sizeof at / sizeof at[0]; k++) {
+        int32_t save = src[at[k]];
+        src[at[k]] = -1;
+        CHECK(ans_stream_i32_i32(out + 3, src, N, 30000) == at[k]);
+        src[at[k]] = 30000;
+        CHECK(ans_stream_i32_i32(out, src, N, 30000) == at[k]);
+        CHECK(ans_stream_i32_i32(out, src, N, 30001) == N);
+        src[at[k]] = INT32_MAX;
+        CHECK(ans_stream_i32_i32(out, src, N, (uint64_t)1 << 31) == N);
+        CHECK(ans_stream_i32_i32(out, src, N, (uint64_t)INT32_MAX) == at[k]);
+        src[at[k]] = save;
+    }
+    CHECK(ans_stream_i32_i32(out, src, N, 0) == 0);
+    ans_stream_fence();
+}
+
 ANS_TEST_MAIN({"error_roundtrip", test_error_roundtrip},
               {"error_thread_local", test_error_thread_local},
               {"mem_buf", test_mem_buf},
@@ -844,4 +933,7 @@ ANS_TEST_MAIN({"error_roundtrip", test_error_roundtrip},
               {"json_depth", test_json_depth},
               {"json_roundtrip", test_json_roundtrip},
               {"json_objects", test_json_objects},
-              {"json_large", test_json_large})
+              {"json_large", test_json_large},
+              {"stream_copy", test_stream_copy},
+              {"stream_u16_i32", test_stream_u16_i32},
+              {"stream_i32_i32", test_stream_i32_i32})

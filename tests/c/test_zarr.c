@@ -546,6 +546,17 @@ static void test_shard_missing(void)
         ans_range r = {0, 20};
         CHECK_OK(a->ops->read(a, &r, 1, v));
         for (int i = 0; i < 20; i++) CHECK(v[i] == (i >= 8 && i < 16 ? i - 8 : -5));
+        /* Read-ahead advice over present and missing shards: OK, the last error untouched, and
+         * the read after it unchanged; rows outside the array are refused. */
+        ans_err(ANS_ECORRUPT, "sentinel");
+        ans_range adv[2] = {{2, 10}, {15, 5}};
+        CHECK_OK(ans_array_advise(a, adv, 2));
+        CHECK(strcmp(ans_error_last(), "sentinel") == 0);
+        int32_t w[20];
+        CHECK_OK(a->ops->read(a, &r, 1, w));
+        CHECK(memcmp(v, w, sizeof v) == 0);
+        ans_range out_of = {18, 5};
+        CHECK_RC(ans_array_advise(a, &out_of, 1), ANS_EINVAL);
         /* Many small reads of the same shard hit the index cache. */
         for (int k = 0; k < 50; k++) {
             ans_range q = {(uint64_t)(8 + k % 8), 1};
@@ -657,6 +668,11 @@ static void test_v2_big_endian_and_missing(void)
         ans_range r = {0, 7};
         CHECK_OK(a->ops->read(a, &r, 1, v));
         static const int32_t want[7] = {-1, 999, 1999, -1, -1, -1, -1};
+        CHECK(!memcmp(v, want, sizeof want));
+        /* advice on unsharded chunk files, one of them missing */
+        CHECK_OK(ans_array_advise(a, &r, 1));
+        memset(v, 0, sizeof v);
+        CHECK_OK(a->ops->read(a, &r, 1, v));
         CHECK(!memcmp(v, want, sizeof want));
         ans_array_free(a);
     }
