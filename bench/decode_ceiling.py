@@ -15,8 +15,10 @@ With --chunk-size/--preload-nchunks (the "access" ceiling) the bytes are those a
 that configuration has to decompress at the least: chunks of chunk_size rows (aligned at multiples of
 chunk_size within a dataset, as both loaders sample them) are dealt into loads of preload_nchunks;
 for each load, every blosc block that holds a value of its rows is decompressed once (a block
-shared by two chunks of one load once; a block needed by two loads twice), with blosc_getitem of the
-system c-blosc (the library annstream links). A chunk of 32 rows usually straddles two blocks, so
+shared by two chunks of one load once; a block needed by two loads twice) with the system c-blosc
+(the library annstream links): wholly needed inner chunks with blosc_decompress_ctx, the needed
+blocks of the others with blosc_getitem (which allocates per call, so this ceiling is a little low
+where most chunks are partly needed). A chunk of 32 rows usually straddles two blocks, so
 this is more work per row than the once-over-every-byte ceiling; no loader that decodes whole blosc
 blocks can do less.
 """
@@ -93,24 +95,31 @@ def _blosc_lib():
     lib = ctypes.CDLL(ctypes.util.find_library("blosc") or "libblosc.so.1")
     lib.blosc_getitem.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
     lib.blosc_getitem.restype = ctypes.c_int
+    lib.blosc_decompress_ctx.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                         ctypes.c_int]
+    lib.blosc_decompress_ctx.restype = ctypes.c_int
     return lib
 
 
 def _work_access(args):
-    """jobs: (encoded chunk, first item, n items, typesize); blosc_getitem each, `repeats` times."""
+    """jobs: (encoded chunk, first item, n items, typesize, whole); `repeats` times each: a whole
+    chunk with blosc_decompress_ctx (one thread), a run of its blocks with blosc_getitem."""
     jobs, nbytes, repeats, barrier = args
     import ctypes
     lib = _blosc_lib()
     out = ctypes.create_string_buffer(nbytes)
     prepared = []
-    for c, start, n, ts in jobs:
+    for c, start, n, ts, whole in jobs:
         buf = ctypes.create_string_buffer(c, len(c))
-        prepared.append((buf, start, n))
+        prepared.append((buf, start, n, n * ts if whole else 0))
     barrier.wait()
     t0 = time.perf_counter()
     for _ in range(repeats):
-        for buf, start, n in prepared:
-            if lib.blosc_getitem(buf, start, n, out) < 0:
+        for buf, start, n, whole_bytes in prepared:
+            if whole_bytes:
+                if lib.blosc_decompress_ctx(buf, out, whole_bytes, 1) != whole_bytes:
+                    raise RuntimeError("blosc_decompress_ctx failed")
+            elif lib.blosc_getitem(buf, start, n, out) < 0:
                 raise RuntimeError("blosc_getitem failed")
     return time.perf_counter() - t0
 
@@ -163,7 +172,7 @@ def _access_jobs(datasets, chunk_size: int, preload: int, seed: int):
                     continue
                 item0 = run0 * bs // ts
                 item1 = min((prev + 1) * bs // ts, inner)
-                jobs.append((enc[u], item0, item1 - item0, ts))
+                jobs.append((enc[u], item0, item1 - item0, ts, item0 == 0 and item1 == inner))
                 if b is not None:
                     run0 = prev = b
     return jobs
@@ -221,11 +230,11 @@ def access_main(a, root: Path) -> int:
     n_obs = sum(json.loads((ds / "X" / "zarr.json").read_text())["attributes"]["shape"][0]
                 for ds in datasets)
     jobs = _access_jobs(datasets, a.chunk_size, a.preload_nchunks, a.seed)
-    decoded = sum(n * ts for _, _, n, ts in jobs)
+    decoded = sum(n * ts for _, _, n, ts, _ in jobs)
     per = [[] for _ in range(a.procs)]
     for i, j in enumerate(jobs):
         per[i % a.procs].append(j)
-    nbytes = max(n * ts for _, _, n, ts in jobs)
+    nbytes = max(n * ts for _, _, n, ts, _ in jobs)
     with mp.Manager() as m:
         barrier = m.Barrier(a.procs)
         with mp.get_context("fork").Pool(a.procs) as pool:
