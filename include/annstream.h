@@ -55,7 +55,8 @@ typedef enum ans_status {
     ANS_ENOMEM = -6,       /* out of memory */
     ANS_EIO = -7,          /* the operating system refused a read or write */
     ANS_ITEROVER = -8,     /* end of iteration (not an error) */
-    ANS_ECANCELLED = -9    /* the operation was cancelled */
+    ANS_ECANCELLED = -9,   /* the operation was cancelled */
+    ANS_ETIMEDOUT = -10    /* a timed wait ended before its result was ready (not an error) */
 } ans_status;
 
 /** Message of the last failure on this thread; "" if none. Never NULL. Valid until the next call into
@@ -369,6 +370,14 @@ ANS_EXTERN int ans_loader_seek(ans_loader *loader, uint64_t batch);
  *         seek); any read error.
  */
 ANS_EXTERN int ans_loader_next(ans_loader *loader, ans_batch **out);
+
+/**
+ * ans_loader_next waiting at most `timeout_ms` milliseconds (0: do not wait; negative: no limit),
+ * so that a caller can handle signals (Ctrl-C) while a slow load is read.
+ * @return as ans_loader_next, or ANS_ETIMEDOUT (no message) when no batch was ready in time; call
+ *         again to keep waiting.
+ */
+ANS_EXTERN int ans_loader_next_wait(ans_loader *loader, ans_batch **out, int timeout_ms);
 
 /**
  * Custom-plan mode (custom_plans = 1; e.g. a sampler written in Python): queue the next load. The

@@ -1477,9 +1477,20 @@ static PyObject *Loader_next(PyObject *op, PyObject *args) {
     }
     ans_batch *batch = NULL;
     int rc;
-    Py_BEGIN_ALLOW_THREADS
-    rc = ans_loader_next(self->loader, &batch);
-    Py_END_ALLOW_THREADS
+    /* Wait in slices, so that Ctrl-C (or any signal handler raising) interrupts a slow load; the
+     * producer carries on and the batch is there for the next call. */
+    for (;;) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = ans_loader_next_wait(self->loader, &batch, 100);
+        Py_END_ALLOW_THREADS
+        if (rc != ANS_ETIMEDOUT) {
+            break;
+        }
+        if (PyErr_CheckSignals() < 0) {
+            loader_leave(self);
+            return NULL;
+        }
+    }
     loader_leave(self);
     if (rc == ANS_ITEROVER) {
         Py_RETURN_NONE;

@@ -13,11 +13,13 @@
 #include "common/stream.h"
 #include "loader/sampler.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #define BUF_ALIGN 64
@@ -1369,6 +1371,11 @@ int ans_loader_seek(ans_loader *l, uint64_t batch)
 
 int ans_loader_next(ans_loader *l, ans_batch **out)
 {
+    return ans_loader_next_wait(l, out, -1);
+}
+
+int ans_loader_next_wait(ans_loader *l, ans_batch **out, int timeout_ms)
+{
     if (!out) return ans_err(ANS_EINVAL, "ans_loader_next: out is NULL");
     *out = NULL;
     if (!l) return ans_err(ANS_EINVAL, "ans_loader_next: loader is NULL");
@@ -1389,7 +1396,24 @@ int ans_loader_next(ans_loader *l, ans_batch **out)
         }
         l->thread_started = 1;
     }
-    while (!l->ready_head && !l->done && !l->failed) pthread_cond_wait(&l->cv_ready, &l->mu);
+    if (timeout_ms < 0) {
+        while (!l->ready_head && !l->done && !l->failed) pthread_cond_wait(&l->cv_ready, &l->mu);
+    } else {
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += timeout_ms / 1000;
+        until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        while (!l->ready_head && !l->done && !l->failed)
+            if (pthread_cond_timedwait(&l->cv_ready, &l->mu, &until) == ETIMEDOUT) break;
+        if (!l->ready_head && !l->done && !l->failed) {
+            pthread_mutex_unlock(&l->mu);
+            return ANS_ETIMEDOUT;
+        }
+    }
     ans_batch *b = l->ready_head;
     if (b) {
         l->ready_head = b->next;

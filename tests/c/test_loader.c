@@ -866,6 +866,13 @@ static void test_custom_plans(void)
     if (!l) return;
     CHECK_EQ_U64(ans_loader_n_batches(l), 0);
     CHECK_RC(ans_loader_seek(l, 0), ANS_EINVAL);
+    /* nothing pushed yet: a timed wait ends empty-handed (no batch, no error message) */
+    ans_batch *none = NULL;
+    ans_error_clear();
+    CHECK_RC(ans_loader_next_wait(l, &none, 0), ANS_ETIMEDOUT);
+    CHECK_RC(ans_loader_next_wait(l, &none, 30), ANS_ETIMEDOUT);
+    CHECK(none == NULL);
+    CHECK(strcmp(ans_error_last(), "") == 0);
     /* load 1 spans stores a and b, then wraps to a; rows repeat */
     uint64_t r1[4] = {290, 20, 0, 5}, o1[5] = {24, 0, 3, 3, 10}, b1[3] = {0, 2, 5};
     CHECK_OK(ans_loader_push_plan(l, r1, 2, o1, 5, b1, 2));
@@ -884,7 +891,9 @@ static void test_custom_plans(void)
     ans_batch *b;
     for (int k = 0; k < 3; k++) {
         b = NULL;
-        CHECK_OK(ans_loader_next(l, &b));
+        int rc;
+        while ((rc = ans_loader_next_wait(l, &b, k == 0 ? 1 : -1)) == ANS_ETIMEDOUT) continue;
+        CHECK_OK(rc);
         if (!b) break;
         CHECK_EQ_U64(ans_batch_index(b), k);
         CHECK_EQ_U64(ans_batch_n_rows(b), wn[k]);

@@ -742,6 +742,47 @@ def test_interrupt_main_during_iteration(data):
     ld.close()
 
 
+
+def test_interrupt_while_next_waits(data):
+    """Ctrl-C while next() waits for a batch that is not coming yet (a slow load): the wait is
+    interrupted at once instead of when the batch is ready. A C loader in custom-plan mode with no
+    plan pushed waits forever; a fallback timer ends its plans after 10 s, so the old behaviour
+    (an uninterruptible wait) fails the test instead of hanging it."""
+    import _thread
+
+    class NoPlans:
+        def plans(self, epoch):
+            return iter(())
+
+    paths, _ = data
+    ld = annstream.Loader(paths, sampler=NoPlans(), batch_size=16)
+    c = ld._make_c(0, 1)
+    gen = c.set_epoch(0)
+    fired = threading.Event()
+
+    def interrupt():
+        time.sleep(0.2)
+        fired.set()
+        _thread.interrupt_main()
+
+    fallback = threading.Timer(10.0, lambda: c.end_plans(gen))
+    fallback.start()
+    threading.Thread(target=interrupt, daemon=True).start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            c.next(gen)
+    finally:
+        fallback.cancel()
+    took = time.monotonic() - t0
+    assert fired.is_set()
+    assert took < 5.0, took
+    # the loader is still usable: ending the plans ends the stream
+    c.end_plans(gen)
+    assert c.next(gen) is None
+    c.close()
+    ld.close()
+
 # --------------------------------------------------------------------------------------------------
 # interpreter exit with live threads
 
