@@ -296,8 +296,15 @@ def main(argv=None) -> int:
         shutil.rmtree(out, ignore_errors=True)
         for pth in paths[:k]:
             evict(pth)
+        # the previous run's buffered output (annbatch writes 2.5 GB through the page cache) is
+        # still being written back for seconds after it exits: flush it so that the next run
+        # does not share the disk with it
+        t_sync = time.perf_counter()
+        os.sync()
+        sync_s = time.perf_counter() - t_sync
         log(f"{tool}: {' '.join(cmd)}")
         r = run_measured(cmd, timeout)
+        r["sync_before_s"] = sync_s
         r.update(tool=tool, n_inputs=k, out=str(out), out_bytes=du(out), loadavg_after=os.getloadavg(),
                  inner=last_json(r["stdout"]))
         log(f"{tool}: rc {r['rc']} wall {r['wall_s']:.1f} s peak RSS {r['peak_rss_mib']:.0f} MiB "

@@ -131,6 +131,34 @@ static int append_ints(ans_zw *w, const char *elem, ans_zwa *a, ans_buf *scratch
                        const char *what)
 {
     size_t dsz = ans_dtype_size(dst_t);
+    if (src_t == dst_t && lo == 0 && hi >= 0 &&
+        (src_t == ANS_DTYPE_UINT8 || src_t == ANS_DTYPE_UINT16 || src_t == ANS_DTYPE_UINT32)) {
+        /* the caller already has the stored type (the converter's pass 2): check, no copy */
+        uint64_t hu = (uint64_t)hi, bad = UINT64_MAX;
+#define ADW_SCAN(T)                                                                                \
+    do {                                                                                           \
+        const T *v = src;                                                                          \
+        T m = 0;                                                                                   \
+        for (uint64_t i = 0; i < n; i++)                                                           \
+            m = v[i] > m ? v[i] : m;                                                               \
+        if ((uint64_t)m > hu)                                                                      \
+            for (uint64_t i = 0; i < n && bad == UINT64_MAX; i++)                                  \
+                if ((uint64_t)v[i] > hu) bad = i;                                                  \
+    } while (0)
+        if (src_t == ANS_DTYPE_UINT8)
+            ADW_SCAN(uint8_t);
+        else if (src_t == ANS_DTYPE_UINT16)
+            ADW_SCAN(uint16_t);
+        else
+            ADW_SCAN(uint32_t);
+#undef ADW_SCAN
+        if (bad != UINT64_MAX)
+            return adw_err(w, elem,
+                           ans_err(ANS_EINVAL, "%s %llu is out of range [%lld, %lld]", what,
+                                   (unsigned long long)bad, (long long)lo, (long long)hi));
+        (void)scratch;
+        return ans_zwa_append(a, src, n);
+    }
     for (uint64_t s = 0; s < n; s += ADW_PIECE) {
         uint64_t m = n - s < ADW_PIECE ? n - s : ADW_PIECE;
         int rc = ans_buf_reserve(scratch, (size_t)m * dsz);
@@ -289,6 +317,11 @@ static ans_dtype index_dtype_for(uint64_t n_cols)
     return ANS_DTYPE_UINT64;
 }
 
+ans_dtype ans_adw_csr_index_dtype(const ans_adw_csr *c)
+{
+    return c->idx_dtype;
+}
+
 void ans_adw_csr_abort(ans_adw_csr *c)
 {
     if (!c) return;
@@ -381,8 +414,8 @@ int ans_adw_csr_begin(ans_zw *w, const char *path, uint64_t n_rows, uint64_t n_c
     return ANS_OK;
 }
 
-int ans_adw_csr_append(ans_adw_csr *c, uint64_t nrows, const int64_t *indptr, const void *indices,
-                       ans_dtype index_dtype, const void *data)
+static int csr_append(ans_adw_csr *c, uint64_t nrows, const int64_t *indptr, const void *indices,
+                      ans_dtype index_dtype, const void *data, int checked)
 {
     int rc = ANS_OK;
     if (nrows > c->n_rows - c->rows_done)
@@ -401,8 +434,11 @@ int ans_adw_csr_append(ans_adw_csr *c, uint64_t nrows, const int64_t *indptr, co
         return adw_err(c->w, c->path,
                        ans_err(ANS_EINVAL, "csr_matrix: more than the announced %llu values",
                                (unsigned long long)c->nnz));
-    rc = append_ints(c->w, c->path, c->indices, &c->scratch, indices, index_dtype, m, c->idx_dtype,
-                     0, (int64_t)c->n_cols - 1, "column index");
+    if (checked && index_dtype == c->idx_dtype)
+        rc = ans_zwa_append(c->indices, indices, m);
+    else
+        rc = append_ints(c->w, c->path, c->indices, &c->scratch, indices, index_dtype, m,
+                         c->idx_dtype, 0, (int64_t)c->n_cols - 1, "column index");
     if (rc == ANS_OK) rc = ans_zwa_append(c->data, data, m);
     /* indptr: this piece's row ends shifted to the global value count */
     for (uint64_t s = 0; rc == ANS_OK && s < nrows; s += ADW_PIECE) {
@@ -420,6 +456,18 @@ int ans_adw_csr_append(ans_adw_csr *c, uint64_t nrows, const int64_t *indptr, co
     c->rows_done += nrows;
     c->nnz_done += m;
     return ANS_OK;
+}
+
+int ans_adw_csr_append(ans_adw_csr *c, uint64_t nrows, const int64_t *indptr, const void *indices,
+                       ans_dtype index_dtype, const void *data)
+{
+    return csr_append(c, nrows, indptr, indices, index_dtype, data, 0);
+}
+
+int ans_adw_csr_append_checked(ans_adw_csr *c, uint64_t nrows, const int64_t *indptr,
+                               const void *indices, const void *data)
+{
+    return csr_append(c, nrows, indptr, indices, c->idx_dtype, data, 1);
 }
 
 int ans_adw_csr_close(ans_adw_csr *c)

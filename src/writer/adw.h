@@ -76,6 +76,13 @@ int ans_adw_csr_begin(ans_zw *w, const char *path, uint64_t n_rows, uint64_t n_c
  * `index_dtype` (any integer type; each in [0, n_cols)) and values `data`. */
 int ans_adw_csr_append(ans_adw_csr *c, uint64_t nrows, const int64_t *indptr, const void *indices,
                        ans_dtype index_dtype, const void *data);
+/* The type the column indices are stored as (the smallest unsigned type that holds n_cols - 1):
+ * indices appended in this type are checked and copied without a conversion. */
+ans_dtype ans_adw_csr_index_dtype(const ans_adw_csr *c);
+/* ans_adw_csr_append for indices already in ans_adw_csr_index_dtype(c) that the caller has checked
+ * to be < n_cols (the converter's decoder does): they are not scanned again. */
+int ans_adw_csr_append_checked(ans_adw_csr *c, uint64_t nrows, const int64_t *indptr,
+                               const void *indices, const void *data);
 /* Check that n_rows rows and nnz values came, write the arrays' metadata and free `c` (always). */
 int ans_adw_csr_close(ans_adw_csr *c);
 /* Free without finishing (NULL-tolerant). */

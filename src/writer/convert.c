@@ -15,13 +15,14 @@
  * 3. pass 2 (write): per dataset, each slice's run file is loaded whole (the next one is read
  *    on a thread meanwhile; a file over budget is first split by position into smaller runs,
  *    recursively), its records placed by position and appended in bounded batches to the
- *    dataset's streaming writers (zarrw.c compresses shards in parallel and writes them with
- *    O_DIRECT).
+ *    dataset's streaming writers. A batch is decoded in parallel on the pool, each row straight
+ *    into its place (CSR indices already in the stored type); zarrw.c compresses shards on the
+ *    pool and hands them to a writer thread (O_DIRECT) while the next block fills.
  *
  * Where the time went (1.02M cells, 8.4 GB of uncompressed .h5ad, 2-CPU VM): the kernel's copies
  * through the page cache and the zeroing of fresh pages, more than the encoding itself. Hence the
- * compact run records (1/3 of the raw size), direct I/O for run files and shards, and buffers
- * reused rather than reallocated. bench/WRITER.md has the measurements.
+ * compact run records (1/5 of the raw size: counts as 4-bit nibbles), direct I/O for run files
+ * and shards, and buffers reused rather than reallocated. bench/WRITER.md has the measurements.
  */
 #define _GNU_SOURCE /* O_DIRECT; nftw, mkdtemp */
 #include "annstream.h"
@@ -319,6 +320,8 @@ typedef struct cv_elem {
     ans_adw_csr *csr;
     ans_zwa *zwa;
     ans_buf indptr, ind, data; /* slice buffers */
+    ans_dtype idx_t;           /* CSR: the stored type of the column indices */
+    size_t isz;                /* its size */
 } cv_elem;
 
 typedef struct cv_input {
@@ -347,7 +350,9 @@ typedef struct cv {
     uint64_t S, n_ds;
     uint64_t R, kpd;     /* run slices: rows per slice, slices per dataset */
     uint64_t emit_rows;  /* pass 2: records decoded per emit call */
-    ans_buf didx, dval;  /* pass 2: a dense row's decoded columns and values */
+    ans_buf epb;         /* pass 2: where each element row of a batch starts */
+    ans_buf *dsc;        /* pass 2: per pool slot, a dense row's decoded columns and values */
+    int n_dsc;
     uint64_t *slen;      /* per slice: bytes of records in its run file (the rest is padding) */
     char *runs; /* run-file directory */
     hset names;
@@ -734,7 +739,12 @@ static int add_elem(cv *c, const char *key, int var_aligned)
  * A var-aligned element's row is stored in the run files as
  *     [u32 nk][u8 width][u32 ibytes][ibytes: LEB128 deltas of the output columns][nk values]
  * where width 1 / 2 means every value is a small non-negative integer stored as u8 / u16 (exactly
- * representable: decoding gives the same bits), and 0 means the values as they are (output dtype).
+ * representable: decoding gives the same bits), width 3 the same integers as 4-bit nibbles,
+ *     [u32 nexc][(nk + 1) / 2 bytes: value q in the low (q even) or high nibble][nexc u16]
+ * (a nibble 15 stands for the next of the nexc u16 values: UMI counts are mostly 1-3, so this is
+ * the usual choice and takes a third off the records), and 0 means the values as they are (output
+ * dtype).
+ * The smallest of the possible forms is chosen per row.
  * Counts are mostly small integers and the columns of a row are sorted, so a typical record is a
  * third of its raw size: less to write and read back.
  */
@@ -870,6 +880,150 @@ static void small_to(uint8_t *dst, ans_dtype t, const uint8_t *src, int width, u
 #undef SMALL_LOOP
 }
 
+#define NIB_ESC 15 /* width 3: this nibble takes its value from the exceptions */
+
+/* The cheapest form of nk values (0: as they are, osz bytes each; else as small integers, see
+ * above) given whether all are small, their bits or'ed, and how many are >= NIB_ESC. */
+static int pick_width(int small, uint32_t umax, uint32_t nk, uint32_t nexc, size_t osz)
+{
+    size_t best = (size_t)nk * osz;
+    int w = 0;
+    if (!small) return 0;
+    if (umax < 256 && (size_t)nk < best) {
+        best = nk;
+        w = 1;
+    }
+    if (2 * (size_t)nk < best) {
+        best = 2 * (size_t)nk;
+        w = 2;
+    }
+    if (4 + ((size_t)nk + 1) / 2 + 2 * (size_t)nexc < best) w = 3;
+    return w;
+}
+
+/* Bytes of the values of a row of nk values of size osz stored with `width`. */
+static size_t vals_bytes(int width, uint32_t nk, uint32_t nexc, size_t osz)
+{
+    return width == 3 ? 4 + ((size_t)nk + 1) / 2 + 2 * (size_t)nexc
+                      : (size_t)nk * (width ? (size_t)width : osz);
+}
+
+/* Width 3: the nk small integers u[q] as nibbles + exceptions at p (nexc of them are >= NIB_ESC);
+ * returns the end. */
+static uint8_t *put_nibbles(uint8_t *p, const uint32_t *u, uint32_t nk, uint32_t nexc)
+{
+    memcpy(p, &nexc, 4);
+    uint8_t *nb = p + 4, *ex = nb + ((size_t)nk + 1) / 2;
+    for (uint32_t q = 0; q + 1 < nk; q += 2) {
+        uint32_t a = u[q], b = u[q + 1];
+        uint32_t na = a < NIB_ESC ? a : NIB_ESC, nb1 = b < NIB_ESC ? b : NIB_ESC;
+        nb[q >> 1] = (uint8_t)(na | nb1 << 4);
+        if (a >= NIB_ESC) {
+            ex[0] = (uint8_t)a;
+            ex[1] = (uint8_t)(a >> 8);
+            ex += 2;
+        }
+        if (b >= NIB_ESC) {
+            ex[0] = (uint8_t)b;
+            ex[1] = (uint8_t)(b >> 8);
+            ex += 2;
+        }
+    }
+    if (nk & 1) {
+        uint32_t a = u[nk - 1];
+        nb[nk >> 1] = (uint8_t)(a < NIB_ESC ? a : NIB_ESC);
+        if (a >= NIB_ESC) {
+            ex[0] = (uint8_t)a;
+            ex[1] = (uint8_t)(a >> 8);
+            ex += 2;
+        }
+    }
+    return ex;
+}
+
+/* Width 3 decoded: nk values (vals: the value bytes, vbytes long, checked by elem_header) written
+ * as type t at dst. */
+static int nib_to(uint8_t *dst, ans_dtype t, const uint8_t *vals, uint32_t nk)
+{
+    uint32_t nexc;
+    memcpy(&nexc, vals, 4);
+    const uint8_t *nb = vals + 4, *ex = nb + ((size_t)nk + 1) / 2;
+    uint32_t left = nexc;
+#define NIB_ONE(T, u, q)                                                                           \
+    do {                                                                                           \
+        uint32_t u_ = (u);                                                                         \
+        if (u_ == NIB_ESC) {                                                                       \
+            if (!left) goto bad;                                                                   \
+            left--;                                                                                \
+            u_ = (uint32_t)ex[0] | (uint32_t)ex[1] << 8;                                           \
+            ex += 2;                                                                               \
+        }                                                                                          \
+        T v_ = (T)u_;                                                                              \
+        memcpy(dst + (size_t)(q) * sizeof(T), &v_, sizeof(T));                                     \
+    } while (0)
+    /* two values per byte; a byte with an escape in either half is the rare case */
+#define NIB_LOOP(T)                                                                                \
+    for (uint32_t q = 0; q + 1 < nk; q += 2) {                                                     \
+        uint32_t b = nb[q >> 1];                                                                   \
+        if ((b & 0x0f) != NIB_ESC && (b >> 4) != NIB_ESC) {                                        \
+            T v0 = (T)(b & 0x0f), v1 = (T)(b >> 4);                                                \
+            memcpy(dst + (size_t)q * sizeof(T), &v0, sizeof(T));                                   \
+            memcpy(dst + (size_t)(q + 1) * sizeof(T), &v1, sizeof(T));                             \
+        } else {                                                                                   \
+            NIB_ONE(T, b & 0x0f, q);                                                               \
+            NIB_ONE(T, b >> 4, q + 1);                                                             \
+        }                                                                                          \
+    }                                                                                              \
+    if (nk & 1) NIB_ONE(T, nb[nk >> 1] & 0x0fu, nk - 1);
+    switch (t) {
+    case ANS_DTYPE_FLOAT32:
+        NIB_LOOP(float);
+        break;
+    case ANS_DTYPE_FLOAT64:
+        NIB_LOOP(double);
+        break;
+    case ANS_DTYPE_INT16:
+        NIB_LOOP(int16_t);
+        break;
+    case ANS_DTYPE_UINT16:
+        NIB_LOOP(uint16_t);
+        break;
+    case ANS_DTYPE_INT32:
+        NIB_LOOP(int32_t);
+        break;
+    case ANS_DTYPE_UINT32:
+        NIB_LOOP(uint32_t);
+        break;
+    case ANS_DTYPE_INT64:
+        NIB_LOOP(int64_t);
+        break;
+    case ANS_DTYPE_UINT64:
+        NIB_LOOP(uint64_t);
+        break;
+    default:
+        goto bad;
+    }
+#undef NIB_LOOP
+#undef NIB_ONE
+    if (left) goto bad;
+    return ANS_OK;
+bad:
+    return ans_err(ANS_ECORRUPT, "a run file record is damaged");
+}
+
+/* A row's values (width 0-3, see above) written as type t (size osz) at dst. */
+static int vals_to(uint8_t *dst, ans_dtype t, size_t osz, const uint8_t *vals, int width,
+                   uint32_t nk)
+{
+    if (width == 0)
+        memcpy(dst, vals, (size_t)nk * osz);
+    else if (width == 3)
+        return nib_to(dst, t, vals, nk);
+    else
+        small_to(dst, t, vals, width, nk);
+    return ANS_OK;
+}
+
 #define ENC_FALLBACK 1 /* encode_csr_f32: use the general path */
 
 /* encode_elem for a CSR row of n float32 values with int32 columns, when the remapped columns
@@ -881,9 +1035,11 @@ static int encode_csr_f32(const cv_input *in, const int32_t *ind, const float *v
     int rc;
     if ((rc = ans_buf_resize(out, at + 9 + (size_t)n * 9))) return rc;
     if ((rc = ans_buf_resize(&x->vals, (size_t)n * 4 + 8))) return rc;
+    if ((rc = ans_buf_resize(&x->small, (size_t)n * 4 + 8))) return rc;
     float *tv = (float *)(void *)x->vals.data;
+    uint32_t *sv = (uint32_t *)(void *)x->small.data;
     uint8_t *p0 = out->data + at + 9, *p = p0;
-    uint32_t prev = 0, nk = 0, umax = 0;
+    uint32_t prev = 0, nk = 0, umax = 0, nexc = 0;
     int small = 1;
     for (uint32_t q = 0; q < n; q++) {
         uint32_t col = (uint32_t)ind[q];
@@ -901,20 +1057,22 @@ static int encode_csr_f32(const cv_input *in, const int32_t *ind, const float *v
         }
         *p++ = (uint8_t)dlt;
         float f = val[q];
-        tv[nk++] = f;
         if (small) {
             if (f >= 0.0f && f <= 65535.0f) {
                 uint32_t u = (uint32_t)f;
                 float b = (float)u;
                 small = memcmp(&b, &f, 4) == 0;
                 umax |= u;
+                nexc += u >= NIB_ESC;
+                sv[nk] = u;
             } else {
                 small = 0;
             }
         }
+        tv[nk++] = f;
     }
     uint32_t ibytes = (uint32_t)(p - p0);
-    int width = !small ? 0 : umax < 256 ? 1 : 2;
+    int width = pick_width(small, umax, nk, nexc, 4);
     uint8_t *h = out->data + at;
     memcpy(h, &nk, 4);
     h[4] = (uint8_t)width;
@@ -922,13 +1080,15 @@ static int encode_csr_f32(const cv_input *in, const int32_t *ind, const float *v
     if (width == 0) {
         memcpy(p, tv, (size_t)nk * 4);
         p += (size_t)nk * 4;
+    } else if (width == 3) {
+        p = put_nibbles(p, sv, nk, nexc);
     } else if (width == 1) {
         for (uint32_t q = 0; q < nk; q++)
-            p[q] = (uint8_t)(uint32_t)tv[q];
+            p[q] = (uint8_t)sv[q];
         p += nk;
     } else {
         for (uint32_t q = 0; q < nk; q++) {
-            uint32_t u = (uint32_t)tv[q];
+            uint32_t u = sv[q];
             p[2 * q] = (uint8_t)u;
             p[2 * q + 1] = (uint8_t)(u >> 8);
         }
@@ -1034,9 +1194,11 @@ static int encode_elem(const cv_elem *e, const cv_input *in, const rowview *rw, 
             if (small) umax |= sv[q];
         }
     }
-    int width = !small ? 0 : umax < 256 ? 1 : 2;
-    if (width >= (int)osz) width = 0;
-    size_t vbytes = width ? (size_t)nk * (size_t)width : (size_t)nk * osz;
+    uint32_t nexc = 0;
+    for (uint32_t q = 0; q < nk && small; q++)
+        nexc += sv[q] >= NIB_ESC;
+    int width = pick_width(small, umax, nk, nexc, osz);
+    size_t vbytes = vals_bytes(width, nk, nexc, osz);
     size_t at = out->len;
     if ((rc = ans_buf_resize(out, at + 9 + (size_t)nk * 5 + vbytes))) return rc;
     uint8_t *p = out->data + at;
@@ -1059,6 +1221,8 @@ static int encode_elem(const cv_elem *e, const cv_input *in, const rowview *rw, 
     memcpy(ib, &ibytes, 4);
     if (width == 0) {
         memcpy(p, ov, vbytes);
+    } else if (width == 3) {
+        (void)put_nibbles(p, sv, nk, nexc);
     } else if (width == 1) {
         for (uint32_t q = 0; q < nk; q++)
             p[q] = (uint8_t)sv[q];
@@ -1071,45 +1235,6 @@ static int encode_elem(const cv_elem *e, const cv_input *in, const rowview *rw, 
     p += vbytes;
     out->len = (size_t)(p - out->data);
     *nk_out = nk;
-    return ANS_OK;
-}
-
-/* Decode one var-aligned element row at *pp (record end `end`): its columns (u32, < nv) into
- * idx and its values (output dtype) into val, each with room for nk; *pp moves past it. */
-static int decode_elem(const uint8_t **pp, const uint8_t *end, const cv_elem *e, uint64_t nv,
-                       uint32_t nk, uint32_t *idx, uint8_t *val)
-{
-    const uint8_t *p = *pp;
-    size_t osz = ans_dtype_size(e->dtype);
-    uint32_t ibytes;
-    int width = p[4];
-    memcpy(&ibytes, p + 5, 4);
-    p += 9;
-    size_t vbytes = (size_t)nk * (width ? (size_t)width : osz);
-    if (width > 2 || ibytes > (size_t)(end - p) || vbytes > (size_t)(end - p) - ibytes)
-        return ans_err(ANS_ECORRUPT, "a run file record is damaged");
-    const uint8_t *ie = p + ibytes;
-    uint64_t colv = 0;
-    for (uint32_t q = 0; q < nk; q++) {
-        uint64_t dlt = 0;
-        int sh = 0;
-        for (;;) {
-            if (p >= ie || sh > 28) return ans_err(ANS_ECORRUPT, "a run file record is damaged");
-            uint8_t b = *p++;
-            dlt |= (uint64_t)(b & 0x7f) << sh;
-            if (!(b & 0x80)) break;
-            sh += 7;
-        }
-        colv += dlt;
-        if (colv >= nv) return ans_err(ANS_ECORRUPT, "a run file record is damaged");
-        idx[q] = (uint32_t)colv;
-    }
-    if (p != ie) return ans_err(ANS_ECORRUPT, "a run file record is damaged");
-    if (width == 0)
-        memcpy(val, p, vbytes);
-    else
-        small_to(val, e->dtype, p, width, nk);
-    *pp = p + vbytes;
     return ANS_OK;
 }
 
@@ -1228,7 +1353,7 @@ typedef struct abuf {
 static int abuf_reserve(abuf *b, size_t n)
 {
     if (n <= b->cap) return ANS_OK;
-    size_t cap = b->cap ? b->cap : 2 * ALIGN;
+    size_t cap = b->cap ? b->cap : n; /* a first reservation is taken as the size wanted */
     while (cap < n)
         cap = cap > SIZE_MAX / 4 ? n : cap * 2;
     cap = (cap + ALIGN - 1) / ALIGN * ALIGN;
@@ -1470,9 +1595,12 @@ static uint64_t mem_available(void)
     return pg > 0 && av > 0 ? (uint64_t)pg * (uint64_t)av : 0;
 }
 
-/* Ask the kernel to start reading a single-file input (.h5ad) in the background: sequential
- * readahead in large requests costs far less CPU than the page-sized reads libhdf5's preads would
- * trigger on their own. Only when the file is well within free memory; a hint, failures ignored. */
+/* Ask the kernel to start reading a single-file input (.h5ad) in the background. Only when the
+ * file is well within free memory; a hint, failures ignored. (Measured on the development VM,
+ * kernel 6.18: one WILLNEED over the whole file reads only its first 8 MiB, the readahead window;
+ * the input then streams through the kernel's sequential readahead of libhdf5's preads. Walking
+ * the whole file with WILLNEED from a thread, all of it or one input at a time, kept the disk
+ * busier but slowed the run files' writes and the run as a whole: not done.) */
 static int prefetch_file(const char *path)
 {
     struct stat st;
@@ -1572,85 +1700,205 @@ static void blockrd_free(blockrd *b, size_t n_el)
     free(b->view);
 }
 
-static int scatter_input(cv *c, size_t s, scatter *sc, uint64_t block)
+/* An input opened for pass 1: a store with the full decode pool (the inputs were opened with one
+ * thread each for prepare; this one is closed when the input is done, so threads do not add up),
+ * the obs columns carried, and the element handles. */
+typedef struct p1in {
+    size_t s;
+    ans_store *full;
+    ans_frame *obs;
+    ans_column *oc, idx;
+    ans_element **eh;
+} p1in;
+
+static void p1in_close(cv *c, p1in *x)
+{
+    for (size_t k = 0; x->eh && k < c->n_el; k++)
+        ans_element_free(x->eh[k]);
+    free(x->eh);
+    free(x->oc);
+    ans_frame_free(x->obs);
+    ans_store_free(x->full);
+    memset(x, 0, sizeof *x);
+}
+
+static int p1in_open(cv *c, size_t s, p1in *x)
+{
+    memset(x, 0, sizeof *x);
+    x->s = s;
+    ans_store_options so = ANS_STORE_OPTIONS_INIT;
+    so.threads = c->o->threads;
+    int rc = ans_store_open(&x->full, c->in[s].path, &so);
+    const char **names = ans_calloc(c->n_cols + 1, sizeof *names);
+    x->oc = ans_calloc(c->n_cols + 1, sizeof *x->oc);
+    x->eh = ans_calloc(c->n_el + 1, sizeof *x->eh);
+    if (rc == ANS_OK && (!names || !x->oc || !x->eh)) rc = ANS_ENOMEM;
+    size_t nn = 0;
+    for (size_t k = 0; rc == ANS_OK && k < c->n_cols; k++)
+        if (!c->cols[k].is_src || c->cols[k].ncmap[s] != UINT64_MAX) names[nn++] = c->cols[k].name;
+    if (rc == ANS_OK) rc = ans_store_read_frame(x->full, "obs", names, nn, &x->obs);
+    if (rc == ANS_OK) rc = ans_frame_index(x->obs, &x->idx);
+    for (size_t k = 0, q = 0; rc == ANS_OK && k < c->n_cols; k++) {
+        if (c->cols[k].is_src && c->cols[k].ncmap[s] == UINT64_MAX) continue;
+        rc = ans_frame_column(x->obs, q++, &x->oc[k]);
+    }
+    for (size_t k = 0; rc == ANS_OK && k < c->n_el; k++)
+        rc = ans_store_element(&x->eh[k], x->full, c->el[k].key);
+    free(names);
+    if (rc != ANS_OK) p1in_close(c, x);
+    return rc;
+}
+
+/* Pass 1's buffers, kept from one input to the next (fresh ones would be fresh pages again); and
+ * the next input, opened while the current one's last block is encoded, its first block being
+ * read meanwhile into bk[nbk] (so the disk does not wait at each input's start). */
+typedef struct p1bufs {
+    blockrd bk[2];
+    enc_part *parts;
+    size_t nparts;
+    p1in next;
+    int has_next, nreading, nbk;
+    pthread_t nth;
+} p1bufs;
+
+/* Free the rows a CSC element's read made in bk[i] (they belong to that input's handles). */
+static void bk_rows_free(blockrd *b, size_t n_el)
+{
+    for (size_t k = 0; b->eb && k < n_el; k++) {
+        ans_rows_free(b->eb[k].rows);
+        b->eb[k].rows = NULL;
+    }
+}
+
+static void p1bufs_free(p1bufs *p, cv *c)
+{
+    size_t n_el = c->n_el;
+    if (p->nreading) pthread_join(p->nth, NULL);
+    p->nreading = 0;
+    for (int i = 0; i < 2; i++)
+        bk_rows_free(&p->bk[i], n_el);
+    if (p->has_next) p1in_close(c, &p->next);
+    p->has_next = 0;
+    for (int i = 0; i < 2; i++)
+        blockrd_free(&p->bk[i], n_el);
+    for (size_t i = 0; p->parts && i < p->nparts; i++) {
+        ans_buf_free(&p->parts[i].out);
+        enc_scratch_free(&p->parts[i].x);
+        free(p->parts[i].nnz);
+    }
+    free(p->parts);
+    memset(p, 0, sizeof *p);
+}
+
+static int p1bufs_init(cv *c, p1bufs *p)
+{
+    memset(p, 0, sizeof *p);
+    for (int i = 0; i < 2; i++) {
+        p->bk[i].eb = ans_calloc(c->n_el + 1, sizeof *p->bk[i].eb);
+        p->bk[i].view = ans_calloc(c->n_el + 1, sizeof *p->bk[i].view);
+        if (!p->bk[i].eb || !p->bk[i].view) return ANS_ENOMEM;
+    }
+    p->nparts = (size_t)ans_pool_size(c->pool) * 4;
+    if (!(p->parts = ans_calloc(p->nparts, sizeof *p->parts))) return ANS_ENOMEM;
+    for (size_t i = 0; i < p->nparts; i++)
+        if (c->n_el && !(p->parts[i].nnz = ans_calloc(c->n_el * c->n_ds + 1, 8))) return ANS_ENOMEM;
+    return ANS_OK;
+}
+
+static int scatter_input(cv *c, size_t s, scatter *sc, uint64_t block, p1bufs *pb)
 {
     cv_input *in = &c->in[s];
     int rc = ANS_OK;
-    /* the inputs were opened with one thread each (prepare); the input being read gets a store
-     * with the full decode pool, closed when done, so threads do not add up over the inputs */
-    ans_store *full = NULL;
-    ans_store_options so = ANS_STORE_OPTIONS_INIT;
-    so.threads = c->o->threads;
-    if ((rc = ans_store_open(&full, in->path, &so))) return rc;
-    ans_store *prep = in->st;
-    in->st = full;
-    ans_frame *obs = NULL;
-    ans_column *oc = NULL, idx;
-    size_t nparts = (size_t)ans_pool_size(c->pool) * 4;
-    ans_element **eh = ans_calloc(c->n_el + 1, sizeof *eh);
-    blockrd bk[2];
-    memset(bk, 0, sizeof bk);
-    int reading = 0; /* the reader thread of the next block is running */
+    size_t nparts = pb->nparts;
+    enc_part *parts = pb->parts;
+    blockrd *bk = pb->bk;
+    int reading = 0; /* the reader thread of the next block of this input is running */
     pthread_t th;
-    for (int i = 0; i < 2; i++) {
-        bk[i].c = c;
-        bk[i].s = s;
-        bk[i].eh = eh;
-        bk[i].eb = ans_calloc(c->n_el + 1, sizeof *bk[i].eb);
-        bk[i].view = ans_calloc(c->n_el + 1, sizeof *bk[i].view);
-        if (!bk[i].eb || !bk[i].view) rc = ANS_ENOMEM;
+    int cur = 0, first = 0; /* first: bk[cur] holds (or is receiving) this input's first block */
+    p1in x;
+    memset(&x, 0, sizeof x);
+    uint8_t *suffix = NULL;
+    if (pb->has_next && pb->next.s == s) {
+        x = pb->next;
+        pb->has_next = 0;
+        cur = pb->nbk;
+        first = 1;
+    } else if ((rc = p1in_open(c, s, &x))) {
+        goto out;
     }
-    const char **names = ans_calloc(c->n_cols + 1, sizeof *names);
-    uint8_t *suffix = ans_malloc(block + 1);
-    enc_part *parts = ans_calloc(nparts, sizeof *parts);
-    oc = ans_calloc(c->n_cols + 1, sizeof *oc);
-    if (rc || !eh || !names || !oc || !suffix || !parts) {
+    const ans_column *oc = x.oc, *idx = &x.idx;
+    if (!(suffix = ans_malloc(block + 1))) {
         rc = ANS_ENOMEM;
         goto out;
     }
     for (size_t i = 0; i < nparts; i++)
-        if (c->n_el && !(parts[i].nnz = ans_calloc(c->n_el * c->n_ds + 1, 8))) {
-            rc = ANS_ENOMEM;
-            goto out;
-        }
-    size_t nn = 0;
-    for (size_t k = 0; k < c->n_cols; k++)
-        if (!c->cols[k].is_src || c->cols[k].ncmap[s] != UINT64_MAX) names[nn++] = c->cols[k].name;
-    if ((rc = ans_store_read_frame(in->st, "obs", names, nn, &obs))) goto out;
-    if ((rc = ans_frame_index(obs, &idx))) goto out;
-    for (size_t k = 0, q = 0; k < c->n_cols; k++) {
-        if (c->cols[k].is_src && c->cols[k].ncmap[s] == UINT64_MAX) continue;
-        if ((rc = ans_frame_column(obs, q++, &oc[k]))) goto out;
-    }
-    for (size_t k = 0; k < c->n_el; k++)
-        if ((rc = ans_store_element(&eh[k], in->st, c->el[k].key))) goto out;
+        if (parts[i].nnz) memset(parts[i].nnz, 0, (c->n_el * c->n_ds + 1) * 8);
     char sfx[32];
     int sfx_len = snprintf(sfx, sizeof sfx, "-%zu", s);
 
-    int cur = 0;
-    if (in->n_obs) {
-        bk[0].r0 = 0;
-        bk[0].r1 = in->n_obs < block ? in->n_obs : block;
-        if ((rc = read_block(&bk[0]))) goto out;
+    if (first && pb->nreading) {
+        pthread_join(pb->nth, NULL);
+        pb->nreading = 0;
+    }
+    if (first && bk[cur].rc) {
+        rc = ans_err(bk[cur].rc, "%s", bk[cur].msg);
+        goto out;
+    }
+    if (!first && in->n_obs) {
+        bk[cur].c = c;
+        bk[cur].s = s;
+        bk[cur].eh = x.eh;
+        bk[cur].r0 = 0;
+        bk[cur].r1 = in->n_obs < block ? in->n_obs : block;
+        if ((rc = read_block(&bk[cur]))) goto out;
     }
     for (uint64_t r0 = 0; r0 < in->n_obs; r0 += block, cur ^= 1) {
         uint64_t r1 = in->n_obs - r0 < block ? in->n_obs : r0 + block;
+        blockrd *nb = &bk[cur ^ 1];
+        bk_rows_free(nb, c->n_el);
         if (r1 < in->n_obs) { /* start reading the next block */
-            blockrd *nb = &bk[cur ^ 1];
+            nb->c = c;
+            nb->s = s;
+            nb->eh = x.eh;
             nb->r0 = r1;
             nb->r1 = in->n_obs - r1 < block ? in->n_obs : r1 + block;
+            nb->rc = ANS_OK;
             if (pthread_create(&th, NULL, read_block_thread, nb) == 0)
                 reading = 1;
             else if ((rc = read_block(nb)))
                 goto out;
+        } else if (s + 1 < c->n_in && c->in[s + 1].n_obs && !pb->has_next) {
+            /* the last block (read already): close this input's elements (their caches), open the
+             * next input and start reading its first block (a failure here is left for that
+             * input's own turn to report) */
+            for (size_t k = 0; k < c->n_el; k++) {
+                ans_element_free(x.eh[k]);
+                x.eh[k] = NULL;
+            }
+            if (p1in_open(c, s + 1, &pb->next) == ANS_OK) {
+                pb->has_next = 1;
+                pb->nbk = cur ^ 1;
+                nb->c = c;
+                nb->s = s + 1;
+                nb->eh = pb->next.eh;
+                nb->r0 = 0;
+                nb->r1 = c->in[s + 1].n_obs < block ? c->in[s + 1].n_obs : block;
+                nb->rc = ANS_OK;
+                if (pthread_create(&pb->nth, NULL, read_block_thread, nb) == 0)
+                    pb->nreading = 1;
+                else
+                    (void)read_block(nb); /* (its failure is in nb->rc, reported then) */
+            } else {
+                ans_error_clear();
+            }
         }
         /* obs names: a name seen in an earlier input gets the suffix (each input's names are in
          * the set before the next input starts) */
         for (uint64_t r = r0; r < r1; r++) {
             int sf = in->suffix_all;
             if (!c->names_fallback) {
-                const char *nm = idx.str_data + idx.str_offsets[r];
-                size_t len = (size_t)(idx.str_offsets[r + 1] - idx.str_offsets[r]);
+                const char *nm = idx->str_data + idx->str_offsets[r];
+                size_t len = (size_t)(idx->str_offsets[r + 1] - idx->str_offsets[r]);
                 int present = 0;
                 if ((rc = hset_insert(&c->names, fnv64(nm, len), &present))) goto out;
                 sf = present && s > 0;
@@ -1660,7 +1908,7 @@ static int scatter_input(cv *c, size_t s, scatter *sc, uint64_t block)
         uint64_t n = r1 - r0, per = (n + nparts - 1) / nparts;
         if (per < 64) per = 64;
         size_t njobs = (size_t)((n + per - 1) / per);
-        enc_job job = {c, s, oc, &idx, bk[cur].view, r0, r1, per, suffix, sfx, (size_t)sfx_len,
+        enc_job job = {c, s, oc, idx, bk[cur].view, r0, r1, per, suffix, sfx, (size_t)sfx_len,
                        parts};
         if ((rc = ans_pool_for(c->pool, njobs, enc_job_fn, &job))) goto out;
         for (size_t i = 0; i < njobs; i++) {
@@ -1669,6 +1917,9 @@ static int scatter_input(cv *c, size_t s, scatter *sc, uint64_t block)
                 uint64_t hdr[2];
                 memcpy(hdr, o->data + at, 16);
                 uint64_t sid = slice_of(c, hdr[0]);
+                /* room for a whole flush at once: growing in steps costs fresh pages each time */
+                if (!sc->bufs[sid].cap && (rc = abuf_reserve(&sc->bufs[sid], sc->cap + (64 << 10))))
+                    goto out;
                 if ((rc = abuf_append(&sc->bufs[sid], o->data + at, (size_t)hdr[1]))) goto out;
                 if (sc->bufs[sid].len >= sc->cap && (rc = flush_slice(c, sc, sid, 0))) goto out;
                 at += (size_t)hdr[1];
@@ -1692,23 +1943,13 @@ static int scatter_input(cv *c, size_t s, scatter *sc, uint64_t block)
 out:
     if (reading) pthread_join(th, NULL);
     if (rc != ANS_OK && rc != ANS_ECANCELLED) err_name(in->path);
-    for (int i = 0; i < 2; i++)
-        blockrd_free(&bk[i], c->n_el);
-    for (size_t k = 0; eh && k < c->n_el; k++)
-        ans_element_free(eh[k]);
-    for (size_t i = 0; parts && i < nparts; i++) {
-        ans_buf_free(&parts[i].out);
-        enc_scratch_free(&parts[i].x);
-        free(parts[i].nnz);
+    for (int i = 0; i < 2; i++) {
+        if (pb->has_next && i == pb->nbk) continue; /* the next input's first block */
+        bk_rows_free(&bk[i], c->n_el);
+        bk[i].eh = NULL;
     }
-    free(parts);
     free(suffix);
-    free(eh);
-    free(names);
-    free(oc);
-    ans_frame_free(obs);
-    in->st = prep;
-    ans_store_free(full);
+    p1in_close(c, &x);
     return rc;
 }
 
@@ -1731,6 +1972,10 @@ static int open_dataset(cv *c, ans_zw *w, uint64_t d, uint64_t n)
             return ans_err(ANS_EINVAL, "ans_convert: element '%s' cannot be written", e->key);
         if (e->var_aligned && !e->out_dense) {
             rc = ans_adw_csr_begin(w, P(e->key), n, nv, e->ds_nnz[d], e->dtype, &c->aopts, &e->csr);
+            if (rc == ANS_OK) {
+                e->idx_t = ans_adw_csr_index_dtype(e->csr);
+                e->isz = ans_dtype_size(e->idx_t);
+            }
         } else if (e->var_aligned) {
             uint64_t shape[2] = {n, nv};
             rc = ans_adw_dense_begin(w, P(e->key), e->dtype, 2, shape, &c->aopts, &e->zwa);
@@ -1827,6 +2072,147 @@ static int finish_frames(cv *c, ans_zw *w, uint64_t d, uint64_t n, slice_ctx *x,
     return rc;
 }
 
+/* LEB128 column deltas at [p, ie) -> nk columns (each < nv) as unsigned integers of isz bytes.
+ * The columns only grow, so the last one alone is checked against nv; runs of 8 one-byte deltas
+ * (the usual case: a gene every few dozen) are taken 8 at a time. */
+static int dec_cols(const uint8_t *p, const uint8_t *ie, uint32_t nk, uint64_t nv, void *out,
+                    size_t isz)
+{
+#define DEC_COLS(T)                                                                                \
+    do {                                                                                           \
+        T *o = out;                                                                                \
+        uint32_t q = 0;                                                                            \
+        while (q < nk) {                                                                           \
+            if (nk - q >= 8 && ie - p >= 8) {                                                      \
+                uint64_t w8;                                                                       \
+                memcpy(&w8, p, 8);                                                                 \
+                if (!(w8 & 0x8080808080808080ULL)) {                                               \
+                    for (int b8 = 0; b8 < 8; b8++) {                                               \
+                        colv += p[b8];                                                             \
+                        o[q + (uint32_t)b8] = (T)colv;                                             \
+                    }                                                                              \
+                    p += 8;                                                                        \
+                    q += 8;                                                                        \
+                    if (colv >= nv) goto bad;                                                      \
+                    continue;                                                                      \
+                }                                                                                  \
+            }                                                                                      \
+            if (p >= ie) goto bad;                                                                 \
+            uint64_t b = *p++;                                                                     \
+            if (b & 0x80) {                                                                        \
+                uint64_t dlt = b & 0x7f;                                                           \
+                int sh = 7;                                                                        \
+                for (;;) {                                                                         \
+                    if (p >= ie || sh > 28) goto bad;                                              \
+                    b = *p++;                                                                      \
+                    dlt |= (b & 0x7f) << sh;                                                       \
+                    if (!(b & 0x80)) break;                                                        \
+                    sh += 7;                                                                       \
+                }                                                                                  \
+                b = dlt;                                                                           \
+            }                                                                                      \
+            colv += b;                                                                             \
+            if (colv >= nv) goto bad;                                                              \
+            o[q++] = (T)colv;                                                                      \
+        }                                                                                          \
+    } while (0)
+    uint64_t colv = 0;
+    switch (isz) {
+    case 1:
+        DEC_COLS(uint8_t);
+        break;
+    case 2:
+        DEC_COLS(uint16_t);
+        break;
+    case 4:
+        DEC_COLS(uint32_t);
+        break;
+    default:
+        DEC_COLS(uint64_t);
+        break;
+    }
+#undef DEC_COLS
+    if (p != ie) goto bad;
+    return ANS_OK;
+bad:
+    return ans_err(ANS_ECORRUPT, "a run file record is damaged");
+}
+
+/* The header of a var-aligned element row at p (record end rend), checked: its value count, value
+ * width, column bytes, and where the next element row starts. */
+static int elem_header(const uint8_t *p, const uint8_t *rend, const cv_elem *e, uint64_t nv,
+                       uint32_t *nk, int *width, uint32_t *ibytes, const uint8_t **next)
+{
+    if (rend - p < 9) return ans_err(ANS_ECORRUPT, "a run file record is damaged");
+    memcpy(nk, p, 4);
+    *width = p[4];
+    memcpy(ibytes, p + 5, 4);
+    size_t avail = (size_t)(rend - p) - 9;
+    uint32_t nexc = 0;
+    if (*nk > nv || *width > 3 || *ibytes > avail)
+        return ans_err(ANS_ECORRUPT, "a run file record is damaged");
+    if (*width == 3) {
+        if (avail - *ibytes < 4) return ans_err(ANS_ECORRUPT, "a run file record is damaged");
+        memcpy(&nexc, p + 9 + *ibytes, 4);
+        if (nexc > *nk) return ans_err(ANS_ECORRUPT, "a run file record is damaged");
+    }
+    size_t vbytes = vals_bytes(*width, *nk, nexc, ans_dtype_size(e->dtype));
+    if (vbytes > avail - *ibytes) return ans_err(ANS_ECORRUPT, "a run file record is damaged");
+    *next = p + 9 + *ibytes + vbytes;
+    return ANS_OK;
+}
+
+/* Pass 2 decodes a batch of records in two steps: a serial scan takes the obs values and notes
+ * where each element row starts and how many values it has (their running sums are the CSR
+ * indptr); the element rows are then decoded in parallel on the pool, each straight into its
+ * place in the element's buffers (indices already in the type the writer stores). */
+typedef struct emit_job {
+    cv *c;
+    const uint8_t *const *ep; /* element row k of record i: ep[i * n_el + k] */
+    uint64_t n, per;
+} emit_job;
+
+static int emit_job_fn(void *ctx, size_t jn, int slot)
+{
+    emit_job *j = ctx;
+    cv *c = j->c;
+    uint64_t nv = c->var.n, a = (uint64_t)jn * j->per, z = a + j->per < j->n ? a + j->per : j->n;
+    int rc = ANS_OK;
+    for (uint64_t i = a; i < z && rc == ANS_OK; i++) {
+        for (size_t k = 0; k < c->n_el && rc == ANS_OK; k++) {
+            cv_elem *e = &c->el[k];
+            const uint8_t *p = j->ep[i * c->n_el + k];
+            if (!e->var_aligned) {
+                memcpy(e->data.data + i * e->row_bytes, p, e->row_bytes);
+                continue;
+            }
+            size_t osz = ans_dtype_size(e->dtype);
+            uint32_t nk, ibytes;
+            memcpy(&nk, p, 4);
+            int width = p[4];
+            memcpy(&ibytes, p + 5, 4);
+            const uint8_t *cols = p + 9, *vals = cols + ibytes;
+            if (!e->out_dense) {
+                uint64_t off = (uint64_t)((const int64_t *)(const void *)e->indptr.data)[i];
+                if ((rc = dec_cols(cols, vals, nk, nv, e->ind.data + off * e->isz, e->isz)))
+                    break;
+                if ((rc = vals_to(e->data.data + off * osz, e->dtype, osz, vals, width, nk)))
+                    break;
+            } else {
+                uint8_t *row = e->data.data + i * nv * osz;
+                memset(row, 0, (size_t)nv * osz);
+                uint32_t *ip = (uint32_t *)(void *)c->dsc[2 * slot].data;
+                uint8_t *vp = c->dsc[2 * slot + 1].data;
+                if ((rc = dec_cols(cols, vals, nk, nv, ip, 4))) break;
+                if ((rc = vals_to(vp, e->dtype, osz, vals, width, nk))) break;
+                for (uint32_t q = 0; q < nk; q++)
+                    memcpy(row + (size_t)ip[q] * osz, vp + (size_t)q * osz, osz);
+            }
+        }
+    }
+    return rc;
+}
+
 /* Append the records (in order) to the open writers. */
 static int emit(cv *c, slice_ctx *x, uint8_t *const *recs, uint64_t n)
 {
@@ -1847,7 +2233,10 @@ static int emit(cv *c, slice_ctx *x, uint8_t *const *recs, uint64_t n)
         e->indptr.len = e->ind.len = e->data.len = 0;
         PUT(&e->indptr, &zero, 8);
     }
+    if ((rc = ans_buf_resize(&c->epb, (size_t)n * c->n_el * sizeof(uint8_t *) + 8))) goto out;
+    const uint8_t **ep = (const uint8_t **)(void *)c->epb.data;
     uint64_t nv = c->var.n;
+    uint32_t maxnk = 0;
     for (uint64_t i = 0; i < n; i++) {
         const uint8_t *p = recs[i] + 16;
         uint64_t rlen;
@@ -1884,46 +2273,54 @@ static int emit(cv *c, slice_ctx *x, uint8_t *const *recs, uint64_t n)
         }
         for (size_t k = 0; k < c->n_el; k++) {
             cv_elem *e = &c->el[k];
-            size_t osz = ans_dtype_size(e->dtype);
+            ep[i * c->n_el + k] = p;
             if (!e->var_aligned) {
-                PUT(&e->data, p, e->row_bytes);
+                if ((size_t)(rend - p) < e->row_bytes) {
+                    rc = ans_err(ANS_ECORRUPT, "a run file record is damaged");
+                    goto out;
+                }
                 p += e->row_bytes;
                 continue;
             }
-            uint32_t nk;
-            if (rend - p < 9) {
-                rc = ans_err(ANS_ECORRUPT, "a run file record is damaged");
-                goto out;
-            }
-            memcpy(&nk, p, 4);
-            if (nk > nv) {
-                rc = ans_err(ANS_ECORRUPT, "a run file record is damaged");
-                goto out;
-            }
-            if (e->out_dense) {
-                if ((rc = ans_buf_resize(&c->didx, (size_t)nk * 4 + 4))) goto out;
-                if ((rc = ans_buf_resize(&c->dval, (size_t)nk * osz + 8))) goto out;
-                uint32_t *ip = (uint32_t *)(void *)c->didx.data;
-                if ((rc = decode_elem(&p, rend, e, nv, nk, ip, c->dval.data))) goto out;
-                size_t at = e->data.len;
-                if ((rc = ans_buf_resize(&e->data, at + (size_t)nv * osz))) goto out;
-                memset(e->data.data + at, 0, (size_t)nv * osz);
-                for (uint32_t q = 0; q < nk; q++)
-                    memcpy(e->data.data + at + (size_t)ip[q] * osz,
-                           c->dval.data + (size_t)q * osz, osz);
-            } else {
-                size_t ia = e->ind.len, da = e->data.len;
-                if ((rc = ans_buf_resize(&e->ind, ia + (size_t)nk * 4))) goto out;
-                if ((rc = ans_buf_resize(&e->data, da + (size_t)nk * osz))) goto out;
-                if ((rc = decode_elem(&p, rend, e, nv, nk, (uint32_t *)(void *)(e->ind.data + ia),
-                                      e->data.data + da)))
-                    goto out;
+            uint32_t nk = 0, ibytes = 0;
+            int width = 0;
+            if ((rc = elem_header(p, rend, e, nv, &nk, &width, &ibytes, &p))) goto out;
+            if (nk > maxnk) maxnk = nk;
+            if (!e->out_dense) {
                 int64_t last;
                 memcpy(&last, e->indptr.data + e->indptr.len - 8, 8);
                 last += nk;
                 PUT(&e->indptr, &last, 8);
             }
         }
+    }
+    /* room for the decoded rows, then decode them in parallel */
+    for (size_t k = 0; k < c->n_el; k++) {
+        cv_elem *e = &c->el[k];
+        size_t osz = ans_dtype_size(e->dtype);
+        if (!e->var_aligned) {
+            rc = ans_buf_resize(&e->data, (size_t)n * e->row_bytes);
+        } else if (e->out_dense) {
+            rc = ans_buf_resize(&e->data, (size_t)n * (size_t)nv * osz);
+        } else {
+            int64_t tot;
+            memcpy(&tot, e->indptr.data + e->indptr.len - 8, 8);
+            rc = ans_buf_resize(&e->ind, (size_t)tot * e->isz + 8);
+            if (rc == ANS_OK) rc = ans_buf_resize(&e->data, (size_t)tot * osz + 8);
+        }
+        if (rc) goto out;
+        for (int q = 0; e->out_dense && e->var_aligned && q < c->n_dsc; q++) {
+            size_t need = (size_t)maxnk * (q % 2 ? osz : 4) + 8;
+            if ((rc = ans_buf_reserve(&c->dsc[q], need))) goto out;
+        }
+    }
+    if (n) {
+        uint64_t parts = (uint64_t)ans_pool_size(c->pool) * 4;
+        uint64_t per = (n + parts - 1) / parts;
+        if (per < 16) per = 16;
+        emit_job job = {c, ep, n, per};
+        if ((rc = ans_pool_for(c->pool, (size_t)((n + per - 1) / per), emit_job_fn, &job)))
+            goto out;
     }
     if (n == 0) goto out;
     if ((rc = ans_zwa_append_strings(x->index, (const uint64_t *)x->ioff.data,
@@ -1941,8 +2338,8 @@ static int emit(cv *c, slice_ctx *x, uint8_t *const *recs, uint64_t n)
     for (size_t k = 0; k < c->n_el; k++) {
         cv_elem *e = &c->el[k];
         if (e->csr)
-            rc = ans_adw_csr_append(e->csr, n, (const int64_t *)e->indptr.data, e->ind.data,
-                                    ANS_DTYPE_UINT32, e->data.data);
+            rc = ans_adw_csr_append_checked(e->csr, n, (const int64_t *)e->indptr.data,
+                                            e->ind.data, e->data.data); /* (dec_cols checked) */
         else
             rc = ans_zwa_append(e->zwa, e->data.data, n);
         if (rc) goto out;
@@ -2231,9 +2628,11 @@ static void cv_free(cv *c)
         ans_buf_free(&c->el[k].data);
     }
     free(c->el);
-    ans_buf_free(&c->didx);
+    ans_buf_free(&c->epb);
+    for (int q = 0; q < c->n_dsc; q++)
+        ans_buf_free(&c->dsc[q]);
+    free(c->dsc);
     free(c->slen);
-    ans_buf_free(&c->dval);
     strmap_free(&c->var);
     free(c->table);
     free(c->names.slots);
@@ -2395,12 +2794,15 @@ static int run_convert(cv *c, const char *const *inputs, size_t n_inputs, const 
     sc.cap = (size_t)(per < 2 * ALIGN ? 2 * ALIGN : per);
     double bl = (double)(c->budget / 8) / rb; /* two blocks: one read, one encoded */
     uint64_t block = bl < 1 ? 1 : bl > 1048576 ? 1048576 : (uint64_t)bl;
+    p1bufs pb;
+    rc = p1bufs_init(c, &pb);
     for (size_t s = 0; s < c->n_in && rc == ANS_OK; s++) {
         int pf = prefetch_file(c->in[s].path);
-        rc = scatter_input(c, s, &sc, block);
+        rc = scatter_input(c, s, &sc, block, &pb);
         if (pf) release_file(c->in[s].path);
         /* names of input s are in the set now; the next input's duplicates get the suffix */
     }
+    p1bufs_free(&pb, c);
     for (uint64_t i = 0; i < n_slices && rc == ANS_OK; i++)
         rc = flush_slice(c, &sc, i, 1);
     for (uint64_t i = 0; i < n_slices; i++)
@@ -2428,6 +2830,11 @@ static int run_convert(cv *c, const char *const *inputs, size_t n_inputs, const 
     abuf b = {0};
     prefetch *pf = ans_calloc(1, sizeof *pf);
     if (!pf) rc = ANS_ENOMEM;
+    c->n_dsc = 2 * ans_pool_size(c->pool);
+    if (!(c->dsc = ans_calloc((size_t)c->n_dsc, sizeof *c->dsc))) {
+        c->n_dsc = 0;
+        rc = ANS_ENOMEM;
+    }
     for (uint64_t d = 0; d < c->n_ds && rc == ANS_OK; d++)
         rc = write_dataset(c, w, d, &b, pf);
     if (pf) prefetch_stop(pf);

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +24,9 @@
 #define ZW_ALIGN 4096                      /* direct I/O: buffer, size and offset alignment */
 #define ZW_DIRECT_MIN ((size_t)1 << 20)    /* values from this size are written with O_DIRECT */
 #define ZW_SPARE_MIN ((size_t)1 << 20)
+
+typedef struct zw_task zw_task;
+#define ZW_TASKS 1 /* shard tasks in flight at most */
 
 struct ans_zw {
     ans_kv *kv;
@@ -41,7 +45,24 @@ struct ans_zw {
      * page fault and a zeroed page per 4 KiB. Held memory never exceeds what the closed arrays
      * held. */
     ans_buf spare[ZW_SPARES];
+    /* Shard tasks (see "shard tasks" below): a writer thread writes large encoded shards, one at
+     * a time, while the caller goes on. Started with the first task; joined by ans_zw_finish /
+     * ans_zw_free. The fields from wstop on are under wmu. */
+    int wth_on;  /* the thread runs */
+    int wsync;   /* wmu / wcv are initialised */
+    int wfailed; /* no thread could be had: everything is written by the caller */
+    pthread_t wth;
+    pthread_mutex_t wmu;
+    pthread_cond_t wcv;
+    int wstop;        /* the thread should exit once nothing is pending */
+    int wbusy;        /* tasks pending or running */
+    zw_task *wtask;   /* pending tasks (FIFO through ->next), not yet taken */
+    ans_buf wret[ZW_TASKS]; /* finished tasks' buffers, back to the caller */
+    ans_errinfo werr; /* the first failed task (code 0: none) */
 };
+
+static int zw_drain(ans_zw *w, int limit);
+static void zw_writer_stop(ans_zw *w);
 
 struct ans_zwa {
     ans_zw *w;
@@ -346,6 +367,7 @@ static int zw_spare_reserve(ans_zw *w, ans_buf *b, size_t n, size_t keep)
 void ans_zw_free(ans_zw *w)
 {
     if (!w) return;
+    zw_writer_stop(w);
     for (int i = 0; i < ZW_SPARES; i++)
         ans_buf_free(&w->spare[i]);
     ans_kv_free(w->kv);
@@ -454,6 +476,14 @@ int ans_zw_finish(ans_zw *w)
     if (w->finished) return ans_err(ANS_EINVAL, "%s: writer already finished", w->root);
     if (w->open_arrays)
         return ans_err(ANS_EINVAL, "%s: %d arrays still open at finish", w->root, w->open_arrays);
+    {
+        int drc = zw_drain(w, 0);
+        zw_writer_stop(w);
+        if (drc < 0) {
+            w->finished = 1;
+            return drc;
+        }
+    }
     ans_json *doc = NULL, *cm = NULL;
     ans_json *attrs = w->rattrs ? w->rattrs : ans_json_new_object();
     w->rattrs = NULL;
@@ -499,15 +529,14 @@ static size_t unit_bound(const ans_zwa *a, size_t n)
     }
 }
 
-static int encode_unit(const ans_zwa *a, const uint8_t *src, size_t n, uint8_t *dst, size_t cap,
-                       uint64_t *outlen)
+static int encode_unit(const ans_zw_codec *c, size_t elsize, const uint8_t *src, size_t n,
+                       uint8_t *dst, size_t cap, uint64_t *outlen)
 {
     size_t got = 0;
     int rc = ANS_OK;
-    const ans_zw_codec *c = &a->o.codec;
     switch (c->comp) {
     case ANS_ZW_COMP_BLOSC: {
-        size_t ts = a->elsize ? a->elsize : 1;
+        size_t ts = elsize ? elsize : 1;
         int shuffle = ts == 1 ? 0 : c->shuffle;
         rc = ans_blosc_encode(src, n, dst, cap, &got, c->cname ? c->cname : "lz4", c->clevel,
                               shuffle, ts, 1);
@@ -536,28 +565,46 @@ static int all_zero(const uint8_t *p, size_t n)
     return n == 0 || !memcmp(p, zeros, n);
 }
 
-typedef struct zw_job {
-    ans_zwa *a;
-    uint8_t *enc;
-} zw_job;
+/* One block to encode, unit by unit (what the pool jobs need of the array). */
+typedef struct zw_enc {
+    const uint8_t *src; /* the block: units of unit_bytes */
+    uint8_t *enc;       /* unit u encoded at enc + u * bound */
+    size_t unit_bytes, bound, elsize;
+    ans_zw_codec codec;
+    uint64_t *lens; /* per unit: encoded length, ZW_OMIT when all zero */
+    int sharded;
+    uint64_t bindex;
+} zw_enc;
 
 static int zw_job_fn(void *ctx, size_t u, int slot)
 {
     (void)slot;
-    zw_job *j = ctx;
-    ans_zwa *a = j->a;
-    const uint8_t *src = a->buf.data + u * a->unit_bytes;
-    if (all_zero(src, a->unit_bytes)) {
-        a->lens[u] = ZW_OMIT;
+    zw_enc *j = ctx;
+    const uint8_t *src = j->src + u * j->unit_bytes;
+    if (all_zero(src, j->unit_bytes)) {
+        j->lens[u] = ZW_OMIT;
         return ANS_OK;
     }
-    int rc = encode_unit(a, src, a->unit_bytes, j->enc + u * a->bound, a->bound, &a->lens[u]);
+    int rc = encode_unit(&j->codec, j->elsize, src, j->unit_bytes, j->enc + u * j->bound, j->bound,
+                         &j->lens[u]);
     if (rc < 0) {
-        if (a->o.shard_rows)
-            ans_err_prefix("shard %llu, inner chunk %zu", (unsigned long long)a->bindex, u);
+        if (j->sharded)
+            ans_err_prefix("shard %llu, inner chunk %zu", (unsigned long long)j->bindex, u);
         else
-            ans_err_prefix("chunk %llu", (unsigned long long)a->bindex);
+            ans_err_prefix("chunk %llu", (unsigned long long)j->bindex);
     }
+    return rc;
+}
+
+/* Encode the `used` units of e (on the pool when there is one). */
+static int zw_encode_units(ans_pool *pool, zw_enc *e, uint64_t used, uint64_t nunits)
+{
+    for (uint64_t u = 0; u < nunits; u++)
+        e->lens[u] = ZW_OMIT;
+    if (pool && used > 1) return ans_pool_for(pool, (size_t)used, zw_job_fn, e);
+    int rc = ANS_OK;
+    for (size_t u = 0; u < used && rc == ANS_OK; u++)
+        rc = zw_job_fn(e, u, 0);
     return rc;
 }
 
@@ -565,6 +612,173 @@ static void put_u64le(uint8_t *p, uint64_t v)
 {
     for (int i = 0; i < 8; i++)
         p[i] = (uint8_t)(v >> (8 * i));
+}
+
+/* A shard from its encoded units (unit u at enc + u * bound): the units compacted in grid order
+ * (each moves towards the start), then the index and its crc32c. Returns the shard's length, 0
+ * when every unit is empty (no shard). */
+static size_t zw_shard(uint8_t *enc, uint64_t used, uint64_t nunits, size_t bound,
+                       const uint64_t *lens, uint64_t *offs)
+{
+    uint64_t pos = 0;
+    for (uint64_t u = 0; u < used; u++) {
+        offs[u] = ZW_OMIT;
+        if (lens[u] == ZW_OMIT) continue;
+        if (pos != u * bound) memmove(enc + pos, enc + u * bound, (size_t)lens[u]);
+        offs[u] = pos;
+        pos += lens[u];
+    }
+    if (pos == 0) return 0;
+    uint8_t *idx = enc + pos;
+    for (uint64_t u = 0; u < nunits; u++) {
+        int present = u < used && lens[u] != ZW_OMIT;
+        put_u64le(idx + 16 * u, present ? offs[u] : ZW_OMIT);
+        put_u64le(idx + 16 * u + 8, present ? lens[u] : ZW_OMIT);
+    }
+    uint32_t crc = ans_crc32c(0, idx, (size_t)(16 * nunits));
+    for (int i = 0; i < 4; i++)
+        idx[16 * nunits + (uint64_t)i] = (uint8_t)(crc >> (8 * i));
+    return (size_t)(pos + 16 * nunits + 4);
+}
+
+static int zw_store(ans_zw *w, const char *key, const uint8_t *data, size_t len)
+{
+    int rc = zw_put_direct(w, key, data, len);
+    if (rc != ANS_ENOTFOUND) return rc;
+    return ans_kv_set(w->kv, key, data, len);
+}
+
+/* ---- shard tasks: written by the writer thread ------------------------------------------------
+ *
+ * A large shard, once encoded (on the pool, by the caller), is handed with its buffer to the
+ * writer thread, which writes it while the caller goes on with the next block: the shard writes
+ * (O_DIRECT, a few hundred MiB each) overlap the encoding instead of leaving the CPUs idle. One
+ * task at a time: the next hand-over waits for the previous write (zw_drain), whose buffer then
+ * becomes a spare. (Tried: the thread also encoding the block, so that the caller's serial work
+ * overlaps the compression: no faster on 2 CPUs and a block buffer more in memory.) */
+struct zw_task {
+    char *key, *node; /* the shard's key; the array (messages) */
+    ans_buf enc;      /* the shard: len bytes (aligned) */
+    size_t len;
+    zw_task *next;
+};
+
+static void zw_task_free(zw_task *t)
+{
+    if (!t) return;
+    free(t->key);
+    free(t->node);
+    ans_buf_free(&t->enc);
+    free(t);
+}
+
+static int zw_task_run(ans_zw *w, zw_task *t)
+{
+    int rc = zw_store(w, t->key, t->enc.data, t->len);
+    if (rc < 0) ans_err_prefix("%s: %s", w->root, t->node);
+    return rc;
+}
+
+/* The writer thread: runs the pending task, hands its buffer back, waits for the next. */
+static void *zw_writer_main(void *arg)
+{
+    ans_zw *w = arg;
+    pthread_mutex_lock(&w->wmu);
+    for (;;) {
+        while (!w->wtask && !w->wstop)
+            pthread_cond_wait(&w->wcv, &w->wmu);
+        if (!w->wtask) break; /* stop, nothing pending */
+        zw_task *t = w->wtask;
+        int skip = w->werr.code != 0; /* after a failure nothing more is written */
+        w->wtask = t->next;
+        pthread_mutex_unlock(&w->wmu);
+        int rc = skip ? ANS_OK : zw_task_run(w, t);
+        ans_errinfo e;
+        if (rc < 0) ans_err_save(&e);
+        pthread_mutex_lock(&w->wmu);
+        if (rc < 0 && !w->werr.code) w->werr = e;
+        for (int k = 0; k < ZW_TASKS; k++)
+            if (!w->wret[k].data) {
+                w->wret[k] = t->enc;
+                memset(&t->enc, 0, sizeof t->enc);
+                break;
+            }
+        w->wbusy--;
+        pthread_cond_broadcast(&w->wcv);
+        pthread_mutex_unlock(&w->wmu);
+        zw_task_free(t);
+        pthread_mutex_lock(&w->wmu);
+    }
+    pthread_mutex_unlock(&w->wmu);
+    return NULL;
+}
+
+/* Wait until at most `limit` tasks are pending or running; the written buffers become spares.
+ * The first failed task's error, if any. */
+static int zw_drain(ans_zw *w, int limit)
+{
+    if (!w->wth_on) return ANS_OK;
+    pthread_mutex_lock(&w->wmu);
+    while (w->wbusy > limit)
+        pthread_cond_wait(&w->wcv, &w->wmu);
+    ans_buf back[ZW_TASKS];
+    memcpy(back, w->wret, sizeof back);
+    memset(w->wret, 0, sizeof w->wret);
+    ans_errinfo e = w->werr;
+    pthread_mutex_unlock(&w->wmu);
+    for (int k = 0; k < ZW_TASKS; k++)
+        zw_spare_put(w, &back[k]);
+    return e.code ? ans_err_restore(&e) : ANS_OK;
+}
+
+/* Whether shards can be handed to a writer thread (started here on first use). */
+static int zw_writer_ready(ans_zw *w)
+{
+    if (w->wth_on) return 1;
+    if (w->wfailed) return 0;
+    if (!w->wsync) {
+        if (pthread_mutex_init(&w->wmu, NULL) != 0) {
+            w->wfailed = 1;
+            return 0;
+        }
+        if (pthread_cond_init(&w->wcv, NULL) != 0) {
+            pthread_mutex_destroy(&w->wmu);
+            w->wfailed = 1;
+            return 0;
+        }
+        w->wsync = 1;
+    }
+    if (pthread_create(&w->wth, NULL, zw_writer_main, w) != 0) {
+        w->wfailed = 1;
+        return 0;
+    }
+    w->wth_on = 1;
+    return 1;
+}
+
+/* Stop and join the writer thread (after the pending task, if any, has run). */
+static void zw_writer_stop(ans_zw *w)
+{
+    if (w->wth_on) {
+        pthread_mutex_lock(&w->wmu);
+        w->wstop = 1;
+        pthread_cond_broadcast(&w->wcv);
+        pthread_mutex_unlock(&w->wmu);
+        pthread_join(w->wth, NULL);
+        w->wth_on = 0;
+    }
+    while (w->wtask) {
+        zw_task *t = w->wtask;
+        w->wtask = t->next;
+        zw_task_free(t);
+    }
+    for (int k = 0; k < ZW_TASKS; k++)
+        ans_buf_free(&w->wret[k]);
+    if (w->wsync) {
+        pthread_cond_destroy(&w->wcv);
+        pthread_mutex_destroy(&w->wmu);
+        w->wsync = 0;
+    }
 }
 
 static int block_key(const ans_zwa *a, char *key, size_t cap)
@@ -576,59 +790,60 @@ static int block_key(const ans_zwa *a, char *key, size_t cap)
     return ANS_OK;
 }
 
+/* Make a->enc hold n bytes (aligned; from the spares when one fits). */
+static int zw_enc_reserve(ans_zwa *a, size_t n)
+{
+    if (n <= a->enc.cap || zw_spare_reserve(a->w, &a->enc, n, 0) == ANS_OK) return ANS_OK;
+    return zw_grow_aligned(&a->enc, n, 0);
+}
+
 /* Encode and store the current numeric block (bfill rows). */
 static int flush_numeric(ans_zwa *a)
 {
+    ans_zw *w = a->w;
     uint64_t used = (a->bfill + a->unit_rows - 1) / a->unit_rows; /* units holding rows */
     size_t data_end = (size_t)(used * a->unit_bytes);
     size_t fill_end = (size_t)(a->bfill * a->row_bytes);
     if (data_end > fill_end) memset(a->buf.data + fill_end, 0, data_end - fill_end);
     int sharded = a->o.shard_rows != 0;
     size_t index_bytes = sharded ? (size_t)(16 * a->nunits + 4) : 0;
-    int rc = ANS_OK;
     size_t enc_need = (size_t)used * a->bound + index_bytes;
-    if (enc_need > a->enc.cap && zw_spare_reserve(a->w, &a->enc, enc_need, 0) != ANS_OK)
-        rc = zw_grow_aligned(&a->enc, enc_need, 0);
-    if (rc < 0) return rc;
-    for (uint64_t u = 0; u < a->nunits; u++)
-        a->lens[u] = ZW_OMIT;
-    zw_job job = {a, a->enc.data};
-    if (a->w->pool && used > 1) {
-        rc = ans_pool_for(a->w->pool, (size_t)used, zw_job_fn, &job);
-    } else {
-        for (size_t u = 0; u < used && rc == ANS_OK; u++)
-            rc = zw_job_fn(&job, u, 0);
-    }
-    if (rc < 0) return rc;
     char key[ZW_KEY_MAX];
     ANS_TRY(block_key(a, key, sizeof key));
+    int rc = zw_enc_reserve(a, enc_need);
+    if (rc < 0) return rc;
+    zw_enc e = {a->buf.data, a->enc.data, a->unit_bytes, a->bound, a->elsize, a->o.codec,
+                a->lens, sharded, a->bindex};
+    if ((rc = zw_encode_units(w->pool, &e, used, a->nunits)) < 0) return rc;
     if (!sharded) {
         if (a->lens[0] == ZW_OMIT) return ANS_OK;
-        return ans_kv_set(a->w->kv, key, a->enc.data, (size_t)a->lens[0]);
+        return ans_kv_set(w->kv, key, a->enc.data, (size_t)a->lens[0]);
     }
-    /* Compact the units in grid order (each moves towards the start), then append the index. */
-    uint64_t pos = 0;
-    for (uint64_t u = 0; u < used; u++) {
-        a->offs[u] = ZW_OMIT;
-        if (a->lens[u] == ZW_OMIT) continue;
-        if (pos != u * a->bound)
-            memmove(a->enc.data + pos, a->enc.data + u * a->bound, (size_t)a->lens[u]);
-        a->offs[u] = pos;
-        pos += a->lens[u];
+    size_t len = zw_shard(a->enc.data, used, a->nunits, a->bound, a->lens, a->offs);
+    if (!len) return ANS_OK;
+    if (len < ZW_DIRECT_MIN || !zw_writer_ready(w)) return zw_store(w, key, a->enc.data, len);
+    /* hand the shard to the writer thread (once the previous one is written) */
+    zw_task *t = ans_calloc(1, sizeof *t);
+    if (!t || !(t->key = ans_strdup(key)) || !(t->node = ans_strdup(a->path))) {
+        zw_task_free(t);
+        return ANS_ENOMEM;
     }
-    if (pos == 0) return ANS_OK; /* every unit is empty: no shard */
-    uint8_t *idx = a->enc.data + pos;
-    for (uint64_t u = 0; u < a->nunits; u++) {
-        int present = u < used && a->lens[u] != ZW_OMIT;
-        put_u64le(idx + 16 * u, present ? a->offs[u] : ZW_OMIT);
-        put_u64le(idx + 16 * u + 8, present ? a->lens[u] : ZW_OMIT);
+    if ((rc = zw_drain(w, ZW_TASKS - 1)) < 0) {
+        zw_task_free(t);
+        return rc;
     }
-    uint32_t crc = ans_crc32c(0, idx, (size_t)(16 * a->nunits));
-    for (int i = 0; i < 4; i++)
-        idx[16 * a->nunits + (uint64_t)i] = (uint8_t)(crc >> (8 * i));
-    rc = zw_put_direct(a->w, key, a->enc.data, (size_t)(pos + index_bytes));
-    if (rc != ANS_ENOTFOUND) return rc;
-    return ans_kv_set(a->w->kv, key, a->enc.data, (size_t)(pos + index_bytes));
+    t->enc = a->enc;
+    t->len = len;
+    memset(&a->enc, 0, sizeof a->enc);
+    pthread_mutex_lock(&w->wmu);
+    zw_task **tail = &w->wtask;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = t;
+    w->wbusy++;
+    pthread_cond_broadcast(&w->wcv);
+    pthread_mutex_unlock(&w->wmu);
+    return ANS_OK;
 }
 
 /* Encode and store the current string chunk (bfill items, padded with "" to unit_rows). */
@@ -665,7 +880,9 @@ static int flush_strings(ans_zwa *a)
                        (unsigned long long)total);
     if ((rc = ans_buf_reserve(&a->enc, bound)) < 0) return rc;
     uint64_t got;
-    if ((rc = encode_unit(a, a->vlen.data, (size_t)total, a->enc.data, bound, &got)) < 0) return rc;
+    if ((rc = encode_unit(&a->o.codec, a->elsize, a->vlen.data, (size_t)total, a->enc.data, bound,
+                          &got)) < 0)
+        return rc;
     char key[ZW_KEY_MAX];
     ANS_TRY(block_key(a, key, sizeof key));
     return ans_kv_set(a->w->kv, key, a->enc.data, (size_t)got);
@@ -780,6 +997,36 @@ fail_attrs:
     return rc;
 }
 
+/* Large appends are copied into the block buffer in pieces on the pool (a collection's matrices
+ * arrive in batches of tens of MiB: a serial copy left the other CPU idle). */
+#define ZW_COPY_PIECE ((size_t)4 << 20)
+
+typedef struct zw_copy {
+    uint8_t *dst;
+    const uint8_t *src;
+    size_t n;
+} zw_copy;
+
+static int zw_copy_fn(void *ctx, size_t i, int slot)
+{
+    (void)slot;
+    zw_copy *c = ctx;
+    size_t a = i * ZW_COPY_PIECE, z = a + ZW_COPY_PIECE < c->n ? a + ZW_COPY_PIECE : c->n;
+    memcpy(c->dst + a, c->src + a, z - a);
+    return ANS_OK;
+}
+
+static void zw_memcpy(ans_zw *w, uint8_t *dst, const uint8_t *src, size_t n)
+{
+    if (!w->pool || ans_pool_size(w->pool) < 2 || n < 2 * ZW_COPY_PIECE) {
+        memcpy(dst, src, n);
+        return;
+    }
+    zw_copy c = {dst, src, n};
+    if (ans_pool_for(w->pool, (n + ZW_COPY_PIECE - 1) / ZW_COPY_PIECE, zw_copy_fn, &c) != ANS_OK)
+        memcpy(dst, src, n); /* (cannot fail: the jobs do not) */
+}
+
 uint64_t ans_zwa_rows(const ans_zwa *a)
 {
     return a->nrows;
@@ -799,15 +1046,25 @@ int ans_zwa_append(ans_zwa *a, const void *rows, uint64_t nrows)
         uint64_t units = (a->bfill + take + a->unit_rows - 1) / a->unit_rows;
         size_t need = (size_t)(units * a->unit_bytes);
         if (need > a->block_bytes) need = a->block_bytes;
-        if (need > a->buf.cap &&
-            zw_spare_reserve(a->w, &a->buf, need, (size_t)(a->bfill * a->row_bytes)) != ANS_OK) {
-            size_t cap = a->buf.cap > a->block_bytes / 2 ? a->block_bytes : 2 * a->buf.cap;
-            if (cap < need) cap = need;
-            if (zw_grow_aligned(&a->buf, cap, (size_t)(a->bfill * a->row_bytes)) != ANS_OK)
-                return zw_err_node(a->w, a->path, ANS_ENOMEM);
+        if (need > a->buf.cap) {
+            size_t keep = (size_t)(a->bfill * a->row_bytes);
+            if (!a->o.grow) { /* the rows this block will get are known: room for all at once */
+                uint64_t start = a->nrows - a->bfill;
+                uint64_t left = a->o.shape[0] > start ? a->o.shape[0] - start : 0;
+                uint64_t u = (left + a->unit_rows - 1) / a->unit_rows;
+                size_t whole = u >= a->nunits ? a->block_bytes : (size_t)(u * a->unit_bytes);
+                if (whole > need) need = whole;
+            }
+            if (zw_spare_reserve(a->w, &a->buf, need, keep) != ANS_OK) {
+                size_t cap = a->buf.cap > a->block_bytes / 2 ? a->block_bytes : 2 * a->buf.cap;
+                if (cap < need) cap = need;
+                if (zw_grow_aligned(&a->buf, cap, keep) != ANS_OK)
+                    return zw_err_node(a->w, a->path, ANS_ENOMEM);
+            }
         }
         if (a->row_bytes) /* zero-width rows: nothing to copy (and buf.data may be NULL) */
-            memcpy(a->buf.data + a->bfill * a->row_bytes, src, (size_t)(take * a->row_bytes));
+            zw_memcpy(a->w, a->buf.data + a->bfill * a->row_bytes, src,
+                      (size_t)(take * a->row_bytes));
         a->bfill += take;
         a->nrows += take;
         if (src) src += take * a->row_bytes;

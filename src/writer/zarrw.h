@@ -16,8 +16,11 @@
  * or the chunk) are compressed - in parallel on the writer's pool when it has one - and the block
  * is written as one value with ans_kv_set (temporary file + rename, so a key is never half
  * written; values of 1 MiB and more the same way but with O_DIRECT from aligned buffers, where
- * the file system allows it). Block and encode buffers of closed arrays are kept (a few, the
- * largest) for the next arrays that need as much. Units whose bytes are all zero (the fill value: 0, 0.0, false, "") are omitted: their
+ * the file system allows it). Shards of 1 MiB and more are written by a writer thread, one at a
+ * time, while the caller fills the next block; the thread is joined by ans_zw_finish and
+ * ans_zw_free, and a failed write is reported by a later append or close, or by ans_zw_finish.
+ * Block and encode buffers of closed arrays are kept (a few, the largest) for the next arrays that
+ * need as much. Units whose bytes are all zero (the fill value: 0, 0.0, false, "") are omitted: their
  * index entry is (2^64-1, 2^64-1); a block without any unit is not written at all. An edge block is
  * encoded at full shape (the last unit padded with the fill value, units past the end omitted). An
  * array's zarr.json is written by ans_zwa_close, with the number of rows actually appended as

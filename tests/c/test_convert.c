@@ -514,6 +514,212 @@ static void test_small_budget(void)
     if (!getenv("ANS_TEST_KEEP")) rm_rf(out);
 }
 
+/* ---- count-like values: every compact form of the run records -----------------------------------
+ *
+ * Input `in` holds genes g<20 in> .. g<20 in + 39> (40, half shared with the next input); X(r, k)
+ * is nonzero when (r * 7 + k * 3 + in) % 3 != 0 and then counts_val(in, r, k): small integers
+ * 1..23 (about one in ten >= 15: the nibble form's exceptions), only 1..14 on some rows, integers
+ * >= 300 on others, and non-integers on others (stored as they are). */
+static double counts_val(int in, uint64_t r, int k)
+{
+    double v = 1 + (double)((r * 31 + (uint64_t)k * 17 + (uint64_t)in * 5) % 23);
+    if (v > 14 && (r + (uint64_t)k) % 4 != 0) v -= 14; /* about 1 in 10 stays >= 15 */
+    if (r % 11 == 0) v = 1 + (double)((r + (uint64_t)k) % 14);
+    if (r % 13 == 5) v += 300;
+    if (r % 17 == 3) v += 0.25;
+    return v;
+}
+static int counts_nz(int in, uint64_t r, int k)
+{
+    return (r * 7 + (uint64_t)k * 3 + (uint64_t)in) % 3 != 0;
+}
+
+/* X as CSR of `dtype` (float32 / float64, int32 indices) or dense float32; layers/cnt dense int32
+ * with the same values truncated (non-integers rounded down). */
+static int write_counts_input(const char *path, int in, uint64_t n, ans_dtype dtype, int dense)
+{
+    ans_zw *w = NULL;
+    ans_adw_opts o = ANS_ADW_OPTS_INIT;
+    o.n_obs_per_chunk = 16;
+    int nv = 40, rc = ans_zw_create(&w, path, NULL);
+    if (rc == ANS_OK) rc = ans_adw_anndata(w, "");
+    int64_t *indptr = calloc(n + 1, 8);
+    int32_t *ind = calloc(n * 40 + 1, 4), *cnt = calloc(n * 40 + 1, 4);
+    double *v64 = calloc(n * 40 + 1, 8);
+    float *v32 = calloc(n * 40 + 1, 4), *d32 = calloc(n * 40 + 1, 4);
+    uint64_t q = 0;
+    for (uint64_t r = 0; r < n; r++) {
+        for (int j = 0; j < nv; j++) {
+            int k = 20 * in + j;
+            if (!counts_nz(in, r, k)) continue;
+            double v = counts_val(in, r, k);
+            ind[q] = j;
+            v64[q] = v;
+            v32[q++] = (float)v;
+            d32[r * 40 + (uint64_t)j] = (float)v;
+            cnt[r * 40 + (uint64_t)j] = (int32_t)v;
+        }
+        indptr[r + 1] = (int64_t)q;
+    }
+    uint64_t shape[2] = {n, (uint64_t)nv};
+    if (rc == ANS_OK) {
+        if (dense)
+            rc = ans_adw_dense(w, "X", ANS_DTYPE_FLOAT32, 2, shape, d32, &o);
+        else
+            rc = ans_adw_csr_write(w, "X", n, (uint64_t)nv, indptr, ind, ANS_DTYPE_INT32,
+                                   dtype == ANS_DTYPE_FLOAT32 ? (const void *)v32 : v64, dtype,
+                                   &o);
+    }
+    if (rc == ANS_OK) rc = ans_adw_dense(w, "layers/cnt", ANS_DTYPE_INT32, 2, shape, cnt, &o);
+    static const char *const cols[] = {"key"};
+    if (rc == ANS_OK) rc = ans_adw_frame(w, "obs", NULL, cols, 1);
+    uint64_t *ioff = calloc(n + 1, 8);
+    char *idata = calloc(n * 24 + 1, 1);
+    double *key = calloc(n + 1, 8);
+    for (uint64_t r = 0; r < n; r++) {
+        ioff[r + 1] = ioff[r] + (uint64_t)sprintf(idata + ioff[r], "c%d_%llu", in,
+                                                  (unsigned long long)r);
+        key[r] = key_of(in, r);
+    }
+    if (rc == ANS_OK) rc = ans_adw_strings(w, "obs/_index", n, ioff, idata, &o);
+    if (rc == ANS_OK) rc = ans_adw_column(w, "obs/key", ANS_DTYPE_FLOAT64, n, key, &o);
+    uint64_t voff[41] = {0};
+    char vdata[512];
+    for (int j = 0; j < nv; j++)
+        voff[j + 1] = voff[j] + (uint64_t)sprintf(vdata + voff[j], "g%d", 20 * in + j);
+    if (rc == ANS_OK) rc = ans_adw_frame(w, "var", NULL, NULL, 0);
+    if (rc == ANS_OK) rc = ans_adw_strings(w, "var/_index", (uint64_t)nv, voff, vdata, &o);
+    if (rc == ANS_OK) rc = ans_zw_finish(w);
+    ans_zw_free(w);
+    free(indptr);
+    free(ind);
+    free(cnt);
+    free(v64);
+    free(v32);
+    free(d32);
+    free(ioff);
+    free(idata);
+    free(key);
+    return rc;
+}
+
+static double rows_value(const ans_rows *rw, uint64_t r, uint64_t j, uint64_t nv)
+{
+    ans_dtype t = ans_rows_dtype(rw);
+    const void *d = ans_rows_data(rw);
+    if (ans_rows_format(rw) == ANS_FORMAT_DENSE) {
+        uint64_t i = r * nv + j;
+        if (t == ANS_DTYPE_FLOAT32) return ((const float *)d)[i];
+        if (t == ANS_DTYPE_FLOAT64) return ((const double *)d)[i];
+        return ((const int32_t *)d)[i];
+    }
+    const int32_t *ip = ans_rows_indptr(rw), *ii = ans_rows_indices(rw);
+    for (int32_t q = ip[r]; q < ip[r + 1]; q++) {
+        if (q > ip[r]) CHECK(ii[q] > ii[q - 1]);
+        if ((uint64_t)ii[q] != j) continue;
+        if (t == ANS_DTYPE_FLOAT32) return ((const float *)d)[q];
+        if (t == ANS_DTYPE_FLOAT64) return ((const double *)d)[q];
+        return ((const int32_t *)d)[q];
+    }
+    return 0;
+}
+
+/* Convert 3 count-like inputs (X float32 CSR in all, or mixed with float64 / dense; `big`: all
+ * dense, 10x the rows, datasets of 4000 rows, so that their shards (> 1 MiB) go through the zarr
+ * writer's writer thread) and compare every value of X and layers/cnt with the input's. */
+static void check_counts(ans_dtype dt1, int dense2, ans_dtype want, int big)
+{
+    uint64_t n[3] = {230, 177, 301};
+    if (big)
+        for (int s = 0; s < 3; s++)
+            n[s] *= 10;
+    const char *paths[3] = {tmp("c0.zarr"), tmp("c1.zarr"), tmp("c2.zarr")};
+    for (int s = 0; s < 3; s++) {
+        rm_rf(paths[s]);
+        CHECK_OK(write_counts_input(paths[s], s, n[s], s == 1 ? dt1 : ANS_DTYPE_FLOAT32,
+                                    big || (s == 2 && dense2)));
+    }
+    const char *out = tmp("counts.coll");
+    rm_rf(out);
+    ans_convert_options o = ANS_CONVERT_OPTIONS_INIT;
+    o.dataset_size_rows = big ? 4000 : 200;
+    o.seed = 3;
+    o.threads = 2;
+    static const char *const layers[1] = {"cnt"};
+    o.layers = layers;
+    o.n_layers = 1;
+    CHECK_OK(ans_convert(paths, 3, out, &o));
+    uint64_t seen = 0;
+    for (uint64_t d = 0;; d++) {
+        char p[600];
+        snprintf(p, sizeof p, "%s/dataset_%llu", out, (unsigned long long)d);
+        struct stat stt;
+        if (stat(p, &stt) != 0) break;
+        ans_store *st = NULL;
+        CHECK_OK(ans_store_open(&st, p, NULL));
+        if (!st) break;
+        static const char *const none[1] = {NULL}, *const keyc[1] = {"key"};
+        ans_frame *vf = NULL, *of = NULL;
+        ans_column vi, key;
+        CHECK_OK(ans_store_read_frame(st, "var", none, 0, &vf));
+        CHECK_OK(ans_frame_index(vf, &vi));
+        CHECK_OK(ans_store_read_frame(st, "obs", keyc, 1, &of));
+        CHECK_OK(ans_frame_column(of, 0, &key));
+        uint64_t nv = vi.length, nr = ans_store_n_obs(st);
+        CHECK_EQ_U64(nv, 80);
+        int gid[80];
+        for (uint64_t j = 0; j < nv && j < 80; j++)
+            gid[j] = gene_id(vi.str_data + vi.str_offsets[j],
+                             (size_t)(vi.str_offsets[j + 1] - vi.str_offsets[j]));
+        ans_element *x = NULL, *c = NULL;
+        ans_rows *xr = NULL, *cr = NULL;
+        CHECK_OK(ans_store_element(&x, st, "X"));
+        CHECK_OK(ans_store_element(&c, st, "layers/cnt"));
+        if (x) CHECK_OK(ans_element_read_range(x, 0, nr, &xr));
+        if (c) CHECK_OK(ans_element_read_range(c, 0, nr, &cr));
+        if (xr) CHECK(ans_rows_dtype(xr) == want);
+        for (uint64_t r = 0; xr && cr && r < nr && nv == 80; r++, seen++) {
+            double kv = ((const double *)key.values)[r];
+            int s = (int)(kv / 1e7);
+            uint64_t sr = (uint64_t)((kv - s * 1e7) / 1000 + 0.5);
+            CHECK(s >= 0 && s < 3 && sr < n[s]);
+            if (!(s >= 0 && s < 3 && sr < n[s])) continue;
+            for (uint64_t j = 0; j < nv; j++) {
+                int k = gid[j];
+                int has = k >= 20 * s && k < 20 * s + 40 && counts_nz(s, sr, k);
+                double v = has ? counts_val(s, sr, k) : 0;
+                double xv = rows_value(xr, r, j, nv), cv = rows_value(cr, r, j, nv);
+                if (want == ANS_DTYPE_FLOAT32) v = (float)v;
+                CHECK(xv == v);
+                CHECK(cv == (double)(int32_t)v);
+                if (xv != v || cv != (double)(int32_t)v) {
+                    fprintf(stderr, "row %d/%llu gene %d: X %g layer %g want %g\n", s,
+                            (unsigned long long)sr, k, xv, cv, v);
+                    r = nr;
+                    break;
+                }
+            }
+        }
+        ans_rows_free(xr);
+        ans_rows_free(cr);
+        ans_element_free(x);
+        ans_element_free(c);
+        ans_frame_free(vf);
+        ans_frame_free(of);
+        ans_store_free(st);
+    }
+    CHECK_EQ_U64(seen, n[0] + n[1] + n[2]);
+    rm_rf(out);
+}
+
+static void test_counts(void)
+{
+    check_counts(ANS_DTYPE_FLOAT32, 0, ANS_DTYPE_FLOAT32, 0); /* the float32 CSR fast path */
+    check_counts(ANS_DTYPE_FLOAT64, 0, ANS_DTYPE_FLOAT64, 0); /* the general path, float64 out */
+    check_counts(ANS_DTYPE_FLOAT32, 1, ANS_DTYPE_FLOAT32, 0); /* a dense input among CSR */
+    check_counts(ANS_DTYPE_FLOAT32, 0, ANS_DTYPE_FLOAT32, 1); /* dense X, large shards */
+}
+
 static int cancel_cb(void *user, uint64_t done, uint64_t total)
 {
     uint64_t *calls = user;
@@ -659,6 +865,7 @@ int main(int argc, char **argv)
         {"union", test_union},
         {"intersection_and_list", test_intersection_and_list},
         {"small_budget", test_small_budget},
+        {"counts", test_counts},
         {"overwrite_and_cancel", test_overwrite_and_cancel},
         {"append", test_append},
         {"cli", test_cli},
