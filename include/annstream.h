@@ -530,13 +530,17 @@ typedef struct ans_convert_options {
     int overwrite;
     ans_convert_progress_fn progress; /* may be NULL */
     void *progress_user;
+    /* version 2: within each dataset, rows stably sorted by these obs columns (after the
+     * shuffle; carried columns only; categoricals by category, missing values last) */
+    const char *const *groupby;
+    size_t n_groupby;
 } ans_convert_options;
 
-#define ANS_CONVERT_OPTIONS_VERSION 1
+#define ANS_CONVERT_OPTIONS_VERSION 2
 #define ANS_CONVERT_OPTIONS_INIT                                                                   \
     {ANS_CONVERT_OPTIONS_VERSION, 0, 1, 0, (uint64_t)20 << 30, ANS_CONVERT_VAR_UNION, NULL, 0,     \
      NULL, 0, NULL, 0, NULL, 0, 64, (uint64_t)1 << 30, ANS_CONVERT_LZ4, (uint64_t)2 << 30, 0, 0, 0, \
-     NULL, NULL}
+     NULL, NULL, NULL, 0}
 
 /**
  * Convert `inputs[0..n_inputs)` into the collection `output` (see above). `opts` may be NULL.

@@ -100,6 +100,7 @@ def convert(
     dataset_size: int | str = "20GiB",
     var: str | Iterable[str] = "union",
     obs: Iterable[str] | None = None,
+    groupby: str | Iterable[str] | None = None,
     layers: Iterable[str] = (),
     obsm: Iterable[str] = (),
     n_obs_per_chunk: int = 64,
@@ -133,6 +134,12 @@ def convert(
         obs columns to carry (``None``: those every input has with a compatible kind). A
         categorical ``src_path`` column naming each row's input is always added; categories
         are unified in first-seen order. Colliding obs names get ``-<input index>``.
+    groupby
+        obs column name(s) to group by: within each dataset the rows are stably sorted by these
+        columns (categoricals in category order, numbers by value, strings bytewise, missing
+        values last), so the shuffled order is kept within a group, as annbatch's
+        ``add_adatas(groupby=...)`` does. The columns must be among those written (``obs``).
+        Needs 16 bytes per row of ``memory`` while the order is computed.
     layers, obsm
         Names of layers / obsm entries to carry (each must exist in every input).
     n_obs_per_chunk, shard_size, compressor
@@ -224,6 +231,7 @@ def convert(
             var=var_policy,
             var_names=var_names,
             obs=None if obs is None else _names(obs, "obs"),
+            groupby=None if groupby is None else _names(groupby, "groupby"),
             layers=_names(layers, "layers"),
             obsm=_names(obsm, "obsm"),
             n_obs_per_chunk=int(n_obs_per_chunk),

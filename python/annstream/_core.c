@@ -1976,23 +1976,26 @@ static PyObject *core_convert(PyObject *module, PyObject *args, PyObject *kwargs
     static char *kwlist[] = {"inputs", "output", "shuffle", "seed", "dataset_size_rows",
                              "dataset_size_bytes", "var", "var_names", "obs", "layers", "obsm",
                              "n_obs_per_chunk", "shard_size", "compressor", "memory", "threads",
-                             "append", "overwrite", "progress", NULL};
+                             "append", "overwrite", "progress", "groupby", NULL};
     PyObject *inputs = NULL, *output_bytes = NULL, *var_names = Py_None, *obs = Py_None;
+    PyObject *groupby = Py_None;
     PyObject *layers = Py_None, *obsm = Py_None, *progress = Py_None;
     ans_convert_options o = ANS_CONVERT_OPTIONS_INIT;
     int shuffle = 1, var = 0, compressor = 0, threads = 0, append = 0, overwrite = 0;
     unsigned long long seed = 0, ds_rows = 0, ds_bytes = o.dataset_size_bytes;
     unsigned long long chunk = 64, shard = o.shard_size, memory = o.memory;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&|pKKKiOOOOKKiKippO:convert", kwlist,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO&|pKKKiOOOOKKiKippOO:convert", kwlist,
                                      &inputs, PyUnicode_FSConverter, &output_bytes, &shuffle,
                                      &seed, &ds_rows, &ds_bytes, &var, &var_names, &obs, &layers,
                                      &obsm, &chunk, &shard, &compressor, &memory, &threads,
-                                     &append, &overwrite, &progress)) {
+                                     &append, &overwrite, &progress, &groupby)) {
         return NULL;
     }
     module_state *st = state_of_module(module);
     PyObject *t_in = NULL, *t_var = NULL, *t_obs = NULL, *t_layers = NULL, *t_obsm = NULL;
+    PyObject *t_groupby = NULL;
     const char **c_in = NULL, **c_var = NULL, **c_obs = NULL, **c_layers = NULL, **c_obsm = NULL;
+    const char **c_groupby = NULL;
     PyObject *result = NULL;
     size_t n_in = 0;
     if (progress != Py_None && !PyCallable_Check(progress)) {
@@ -2011,6 +2014,10 @@ static PyObject *core_convert(PyObject *module, PyObject *args, PyObject *kwargs
     if (c_obs == NULL && PyErr_Occurred()) {
         goto done;
     }
+    c_groupby = convert_strings(groupby, &t_groupby, &o.n_groupby, "groupby");
+    if (c_groupby == NULL && PyErr_Occurred()) {
+        goto done;
+    }
     c_layers = convert_strings(layers, &t_layers, &o.n_layers, "layers");
     if (c_layers == NULL && PyErr_Occurred()) {
         goto done;
@@ -2026,6 +2033,7 @@ static PyObject *core_convert(PyObject *module, PyObject *args, PyObject *kwargs
     o.var = (ans_convert_var)var;
     o.var_names = c_var;
     o.obs_columns = c_obs;
+    o.groupby = c_groupby;
     o.layers = c_layers;
     o.obsm = c_obsm;
     o.n_obs_per_chunk = chunk;
@@ -2054,11 +2062,13 @@ done:
     PyMem_Free(c_in);
     PyMem_Free(c_var);
     PyMem_Free(c_obs);
+    PyMem_Free(c_groupby);
     PyMem_Free(c_layers);
     PyMem_Free(c_obsm);
     Py_XDECREF(t_in);
     Py_XDECREF(t_var);
     Py_XDECREF(t_obs);
+    Py_XDECREF(t_groupby);
     Py_XDECREF(t_layers);
     Py_XDECREF(t_obsm);
     Py_XDECREF(output_bytes);

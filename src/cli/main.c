@@ -37,7 +37,8 @@ static const command k_commands[] = {
      "  --threads N    decoding threads (0 = one per CPU; default 1)\n"},
     {"convert", cmd_convert,
      "INPUT... -o OUTPUT [--seed N] [--dataset-size ROWS|SIZE] [--var union|intersection|FILE] "
-     "[--obs COL,...] [--layers K,...] [--obsm K,...] [--compressor lz4|zstd|none] "
+     "[--obs COL,...] [--groupby COL,...] [--layers K,...] [--obsm K,...] "
+     "[--compressor lz4|zstd|none] "
      "[--memory 2GiB] [--threads N] [--no-shuffle] [--append] [--overwrite]",
      "write AnnData stores as a pre-shuffled annbatch collection (zarr v3, sharded)",
      "  INPUT...              AnnData stores (zarr v2/v3 directories or .h5ad files)\n"
@@ -48,6 +49,8 @@ static const command k_commands[] = {
      "                        unit: 512MiB, 20GB; units are binary); default 20GiB\n"
      "  --var POLICY          union (default), intersection, or a FILE with one gene per line\n"
      "  --obs COL,...         obs columns to carry (default: the columns all inputs share)\n"
+     "  --groupby COL,...     sort each dataset's rows by these obs columns (stable: the\n"
+     "                        shuffled order is kept within a group)\n"
      "  --layers K,...        layers to carry; --obsm K,... obsm entries to carry\n"
      "  --n-obs-per-chunk N   rows per inner chunk (default 64); --shard-size SIZE (default 1GiB)\n"
      "  --compressor C        lz4 (blosc lz4, default), zstd or none\n"
@@ -348,7 +351,7 @@ static int cmd_convert(int argc, char **argv)
     const char *output = NULL;
     const char **inputs = calloc((size_t)argc + 1, sizeof *inputs);
     size_t n_inputs = 0;
-    const char **obs = NULL, **layers = NULL, **obsm = NULL, **vars = NULL;
+    const char **obs = NULL, **layers = NULL, **obsm = NULL, **vars = NULL, **groupby = NULL;
     char *varbuf = NULL;
     int quiet = 0, rc = EXIT_USAGE;
     if (!inputs) {
@@ -413,7 +416,7 @@ static int cmd_convert(int argc, char **argv)
                 o.var_names = vars;
             }
         } else if (strcmp(a, "--obs") == 0 || strcmp(a, "--layers") == 0 ||
-                   strcmp(a, "--obsm") == 0) {
+                   strcmp(a, "--obsm") == 0 || strcmp(a, "--groupby") == 0) {
             NEED_VALUE();
             size_t n = 0;
             const char **list = split_list(argv[++i], &n);
@@ -422,7 +425,12 @@ static int cmd_convert(int argc, char **argv)
                 rc = 1;
                 goto done;
             }
-            if (a[2] == 'o' && a[5] == '\0') {
+            if (a[2] == 'g') {
+                free(groupby);
+                groupby = list;
+                o.groupby = groupby;
+                o.n_groupby = n;
+            } else if (a[2] == 'o' && a[5] == '\0') {
                 free(obs);
                 obs = list;
                 o.obs_columns = obs;
@@ -525,6 +533,7 @@ static int cmd_convert(int argc, char **argv)
 done:
     free(inputs);
     free(obs);
+    free(groupby);
     free(layers);
     free(obsm);
     free(vars);

@@ -35,6 +35,7 @@
 #include "writer/zarrw.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <inttypes.h>
@@ -1304,8 +1305,8 @@ static int estimate_row_bytes(cv *c, double *out, double *compact)
 
 static uint64_t pos_of(const cv *c, uint64_t g)
 {
+    if (c->table) return c->table[g]; /* a shuffle, a groupby, or both */
     if (!c->o->shuffle) return g;
-    if (c->table) return c->table[g];
     return ans_perm_apply(&c->perm, g);
 }
 
@@ -1332,6 +1333,199 @@ static int build_perm(cv *c)
         ans_perm_init(&c->perm, c->n_total, ans_mix64(c->o->seed ^ 0x636f6e76ULL));
     }
     return ANS_OK;
+}
+
+/* ---- groupby: each dataset's rows stably sorted by obs columns --------------------------------
+ *
+ * After the permutation has given every row its dataset and place, the rows of each dataset are
+ * sorted by the groupby columns with a stable merge sort, so that rows of a group keep their
+ * shuffled order. Values compare as the output column holds them: categoricals by their unified
+ * code (the output category order), numbers by value, strings bytewise; missing values (NaN, a
+ * missing code, a masked value) last. Needs the permutation as a table: 16 bytes per row while it
+ * runs, 8 after. */
+
+typedef struct gb_key {
+    const cv_col *col;
+    ans_frame **frames; /* per input; NULL where src_path is constant */
+    ans_column *vals;   /* per input */
+} gb_key;
+
+typedef struct gb_ctx {
+    const cv *c;
+    gb_key *keys;
+    size_t nk;
+} gb_ctx;
+
+static size_t input_of(const cv *c, uint64_t g)
+{
+    size_t a = 0, b = c->n_in; /* offset[a] <= g < offset[b] */
+    while (b - a > 1) {
+        size_t m = a + (b - a) / 2;
+        if (c->in[m].offset <= g)
+            a = m;
+        else
+            b = m;
+    }
+    return a;
+}
+
+/* -1, 0, 1: row (s1, r1) against row (s2, r2) in key k */
+static int gb_cmp_key(const gb_ctx *x, const gb_key *k, size_t s1, uint64_t r1, size_t s2,
+                      uint64_t r2)
+{
+    (void)x;
+    const cv_col *col = k->col;
+    const ans_column *a = &k->vals[s1], *b = &k->vals[s2];
+    switch (col->kind) {
+    case OC_CAT: {
+        uint64_t v[2];
+        size_t ss[2] = {s1, s2};
+        uint64_t rr[2] = {r1, r2};
+        for (int i = 0; i < 2; i++) {
+            size_t s = ss[i];
+            v[i] = UINT64_MAX; /* missing: last */
+            if (!k->frames[s]) {
+                v[i] = col->cmap[s][0];
+            } else {
+                const ans_column *cc = &k->vals[s];
+                int64_t ic = rd_i64(cc->dtype, cc->values, rr[i]);
+                if (ic >= 0 && (uint64_t)ic < col->ncmap[s]) v[i] = col->cmap[s][ic];
+            }
+        }
+        return (v[0] > v[1]) - (v[0] < v[1]);
+    }
+    case OC_STR: {
+        uint64_t l1 = a->str_offsets[r1 + 1] - a->str_offsets[r1];
+        uint64_t l2 = b->str_offsets[r2 + 1] - b->str_offsets[r2];
+        int m = memcmp(a->str_data + a->str_offsets[r1], b->str_data + b->str_offsets[r2],
+                       (size_t)(l1 < l2 ? l1 : l2));
+        if (m) return m < 0 ? -1 : 1;
+        return (l1 > l2) - (l1 < l2);
+    }
+    default: {
+        int m1 = a->mask ? a->mask[r1] != 0 : 0, m2 = b->mask ? b->mask[r2] != 0 : 0;
+        if (m1 || m2) return m1 - m2;
+        if (col->dtype == ANS_DTYPE_FLOAT32 || col->dtype == ANS_DTYPE_FLOAT64 ||
+            a->dtype != b->dtype) {
+            double v1 = rd_f64(a->dtype, a->values, r1), v2 = rd_f64(b->dtype, b->values, r2);
+            int n1 = v1 != v1, n2 = v2 != v2;
+            if (n1 || n2) return n1 - n2;
+            return (v1 > v2) - (v1 < v2);
+        }
+        if (a->dtype == ANS_DTYPE_UINT64) {
+            uint64_t v1 = ((const uint64_t *)a->values)[r1], v2 = ((const uint64_t *)b->values)[r2];
+            return (v1 > v2) - (v1 < v2);
+        }
+        int64_t v1 = rd_i64(a->dtype, a->values, r1), v2 = rd_i64(b->dtype, b->values, r2);
+        return (v1 > v2) - (v1 < v2);
+    }
+    }
+}
+
+static int gb_cmp(const gb_ctx *x, uint64_t g1, uint64_t g2)
+{
+    size_t s1 = input_of(x->c, g1), s2 = input_of(x->c, g2);
+    uint64_t r1 = g1 - x->c->in[s1].offset, r2 = g2 - x->c->in[s2].offset;
+    for (size_t k = 0; k < x->nk; k++) {
+        int d = gb_cmp_key(x, &x->keys[k], s1, r1, s2, r2);
+        if (d) return d;
+    }
+    return 0;
+}
+
+/* Stable merge sort of a[0..n) (tmp: n entries), bottom-up. */
+static void gb_sort(const gb_ctx *x, uint64_t *a, uint64_t *tmp, uint64_t n)
+{
+    uint64_t *src = a, *dst = tmp;
+    for (uint64_t w = 1; w < n; w *= 2) {
+        for (uint64_t lo = 0; lo < n; lo += 2 * w) {
+            uint64_t mid = lo + w < n ? lo + w : n, hi = lo + 2 * w < n ? lo + 2 * w : n;
+            uint64_t i = lo, j = mid, o = lo;
+            while (i < mid && j < hi) dst[o++] = gb_cmp(x, src[j], src[i]) < 0 ? src[j++] : src[i++];
+            while (i < mid) dst[o++] = src[i++];
+            while (j < hi) dst[o++] = src[j++];
+        }
+        uint64_t *t = src;
+        src = dst;
+        dst = t;
+    }
+    if (src != a) memcpy(a, src, n * sizeof *a);
+}
+
+static int apply_groupby(cv *c)
+{
+    const ans_convert_options *o = c->o;
+    if (!o->n_groupby || !c->n_total) return ANS_OK;
+    if (!o->groupby) return ans_err(ANS_EINVAL, "ans_convert: groupby is NULL");
+    uint64_t need;
+    if (ans_mul_overflow(c->n_total, 16, &need) || need > c->budget / 2)
+        return ans_err(ANS_EINVAL,
+                       "ans_convert: groupby needs 16 bytes per row (%llu rows) within half of the "
+                       "memory budget; raise memory",
+                       (unsigned long long)c->n_total);
+    gb_key *keys = ans_calloc(o->n_groupby, sizeof *keys);
+    uint64_t *order = NULL, *tmp = NULL;
+    int rc = keys ? ANS_OK : ANS_ENOMEM;
+    for (size_t k = 0; rc == ANS_OK && k < o->n_groupby; k++) {
+        const char *name = o->groupby[k];
+        if (!name) {
+            rc = ans_err(ANS_EINVAL, "ans_convert: groupby column %zu is NULL", k);
+            break;
+        }
+        for (size_t j = 0; j < c->n_cols && !keys[k].col; j++)
+            if (strcmp(c->cols[j].name, name) == 0) keys[k].col = &c->cols[j];
+        if (!keys[k].col) {
+            rc = ans_err(ANS_EINVAL,
+                         "ans_convert: groupby column '%s' is not among the obs columns written",
+                         name);
+            break;
+        }
+        keys[k].frames = ans_calloc(c->n_in, sizeof *keys[k].frames);
+        keys[k].vals = ans_calloc(c->n_in, sizeof *keys[k].vals);
+        if (!keys[k].frames || !keys[k].vals) rc = ANS_ENOMEM;
+        for (size_t s = 0; rc == ANS_OK && s < c->n_in; s++) {
+            const cv_col *col = keys[k].col;
+            if (col->is_src && col->ncmap[s] == UINT64_MAX) continue; /* constant per input */
+            const char *one[1] = {name};
+            rc = ans_store_read_frame(c->in[s].st, "obs", one, 1, &keys[k].frames[s]);
+            if (rc == ANS_OK) rc = ans_frame_column(keys[k].frames[s], 0, &keys[k].vals[s]);
+            if (rc == ANS_OK && keys[k].vals[s].length != c->in[s].n_obs)
+                rc = ans_err(ANS_ECORRUPT, "%s: obs column '%s' has %llu rows, obs %llu",
+                             c->in[s].path, name, (unsigned long long)keys[k].vals[s].length,
+                             (unsigned long long)c->in[s].n_obs);
+            if (rc != ANS_OK) err_name(c->in[s].path);
+        }
+    }
+    if (rc == ANS_OK && !c->table) {
+        if (!(c->table = ans_malloc(c->n_total * 8))) rc = ANS_ENOMEM;
+        for (uint64_t g = 0; rc == ANS_OK && g < c->n_total; g++) {
+            uint64_t p = !o->shuffle ? g : ans_perm_apply(&c->perm, g);
+            c->table[g] = p;
+        }
+    }
+    if (rc == ANS_OK) {
+        order = ans_malloc(c->n_total * 8);
+        tmp = ans_malloc((c->S < c->n_total ? c->S : c->n_total) * 8);
+        if (!order || !tmp) rc = ANS_ENOMEM;
+    }
+    if (rc == ANS_OK) {
+        gb_ctx x = {c, keys, o->n_groupby};
+        for (uint64_t g = 0; g < c->n_total; g++) order[c->table[g]] = g;
+        for (uint64_t d = 0; d < c->n_ds; d++) {
+            uint64_t p0 = d * c->S, n = c->n_total - p0 < c->S ? c->n_total - p0 : c->S;
+            gb_sort(&x, order + p0, tmp, n);
+            for (uint64_t i = 0; i < n; i++) c->table[order[p0 + i]] = p0 + i;
+        }
+    }
+    for (size_t k = 0; keys && k < o->n_groupby; k++) {
+        for (size_t s = 0; keys[k].frames && s < c->n_in; s++) ans_frame_free(keys[k].frames[s]);
+        free(keys[k].frames);
+        free(keys[k].vals);
+    }
+    free(keys);
+    free(order);
+    free(tmp);
+    return rc;
 }
 
 /* ---- run files ------------------------------------------------------------------------------
@@ -2747,6 +2941,7 @@ static int run_convert(cv *c, const char *const *inputs, size_t n_inputs, const 
         if (!(c->el[k].ds_nnz = ans_calloc(c->n_ds + 1, 8))) return ANS_ENOMEM;
     }
     if ((rc = build_perm(c))) return rc;
+    if ((rc = apply_groupby(c))) return rc;
     /* obs names: the hash set, or the suffix fallback */
     if ((uint64_t)c->n_total * 32 > c->budget / 8) {
         c->names_fallback = 1;
@@ -2866,9 +3061,15 @@ int ans_convert(const char *const *inputs, size_t n_inputs, const char *output,
 {
     ans_convert_options def = ANS_CONVERT_OPTIONS_INIT;
     const ans_convert_options *o = opts ? opts : &def;
+    if (o->version == 1) {
+        /* version 1 ends before `groupby`: copy what it has, the rest keeps its default */
+        memcpy(&def, o, offsetof(ans_convert_options, groupby));
+        def.version = ANS_CONVERT_OPTIONS_VERSION;
+        o = &def;
+    }
     if (o->version != ANS_CONVERT_OPTIONS_VERSION)
-        return ans_err(ANS_EINVAL, "ans_convert: options version %u (expected %u)", o->version,
-                       ANS_CONVERT_OPTIONS_VERSION);
+        return ans_err(ANS_EINVAL, "ans_convert: options version %u (expected %u or 1)",
+                       o->version, ANS_CONVERT_OPTIONS_VERSION);
     if (!output || !*output) return ans_err(ANS_EINVAL, "ans_convert: no output path");
     if (!inputs && n_inputs) return ans_err(ANS_EINVAL, "ans_convert: inputs is NULL");
     if (!o->n_obs_per_chunk || !o->shard_size || !o->memory ||

@@ -848,6 +848,18 @@ static void test_cli(void)
     for (uint64_t r = 0; r < 150; r++)
         CHECK(e.seen[0][r] == r + 1);
     free_expect(&e);
+    /* --groupby: a complete collection (the order itself is checked in test_convert.py) */
+    snprintf(args, sizeof args,
+             "convert '%s' '%s' -o '%s' --overwrite --dataset-size 100 --groupby src_path",
+             tmp("a.zarr"), tmp("b.zarr"), out);
+    CHECK(run_cli(args) == 0);
+    setup_expect(&e, 150, 120);
+    check_collection(out, &e, k_in_genes, k_in_nv);
+    CHECK_EQ_U64(e.n_ds, 3);
+    free_expect(&e);
+    snprintf(args, sizeof args, "convert '%s' -o '%s' --overwrite --groupby nope", tmp("a.zarr"),
+             out);
+    CHECK(run_cli(args) == 1);
     CHECK(run_cli("convert a.zarr -o x --bogus") == 2);
     CHECK(run_cli("convert a.zarr") == 2);
     CHECK(run_cli("convert a.zarr -o x --compressor gzip") == 2);

@@ -392,3 +392,45 @@ def test_annbatch_loader_reads_output(inputs, tmp_path):
         names = got["names"][sel]
         base = np.array([str(n).rsplit("-", 1)[0] if s > 0 else str(n) for n in names])
         assert np.array_equal(base, np.asarray(a.obs_names)[rows])
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_groupby_stable_sort_within_datasets(inputs, tmp_path, shuffle):
+    """groupby=["ct", "score"]: each dataset is the ungrouped conversion's dataset (same seed), stably
+    sorted by the unified category order of ct, then by score - what pandas' stable sort of the
+    output gives; the rows and values are unchanged."""
+    srcs = inputs
+    plain, grouped = tmp_path / "plain.zarr", tmp_path / "grouped.zarr"
+    kw = dict(seed=5, dataset_size=160, shuffle=shuffle, progress=False)
+    annstream.convert([p for p, _ in srcs], plain, **kw)
+    annstream.convert([p for p, _ in srcs], grouped, groupby=["ct"], **kw)
+    full = _check(grouped, srcs, [f"g{i}" for i in (0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 14, 13, 12, 11,
+                                                     10, 20)])
+    assert full.n_obs == 650
+    for p, g in zip(_datasets(plain), _datasets(grouped)):
+        codes = p.obs["ct"].cat.codes.to_numpy()
+        want = np.argsort(codes, kind="stable")
+        assert np.array_equal(g.obs["key"].to_numpy(), p.obs["key"].to_numpy()[want])
+        assert np.all(np.diff(g.obs["ct"].cat.codes.to_numpy()) >= 0)
+        gx = g.X.toarray() if sp.issparse(g.X) else np.asarray(g.X)
+        px = p.X.toarray() if sp.issparse(p.X) else np.asarray(p.X)
+        assert np.array_equal(gx, px[want])
+    # two columns: a categorical, then a float (ties broken by score, then the shuffled order)
+    two = tmp_path / "two.zarr"
+    annstream.convert([p for p, _ in srcs], two, groupby=["src_path", "score"], **kw)
+    for p, g in zip(_datasets(plain), _datasets(two)):
+        df = pd.DataFrame({"src": p.obs["src_path"].cat.codes.to_numpy(),
+                           "score": p.obs["score"].to_numpy()})
+        want = df.sort_values(["src", "score"], kind="stable").index.to_numpy()
+        assert np.array_equal(g.obs["key"].to_numpy(), p.obs["key"].to_numpy()[want])
+
+
+def test_groupby_errors(inputs, tmp_path):
+    paths = [p for p, _ in inputs]
+    with pytest.raises(ValueError, match="not among the obs columns"):
+        annstream.convert(paths, tmp_path / "a.zarr", groupby="nope", progress=False)
+    with pytest.raises(ValueError, match="not among the obs columns"):
+        annstream.convert(paths, tmp_path / "b.zarr", obs=["key"], groupby=["ct"], progress=False)
+    with pytest.raises(TypeError):
+        annstream.convert(paths, tmp_path / "c.zarr", groupby=[3], progress=False)
+    assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
