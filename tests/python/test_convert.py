@@ -434,3 +434,34 @@ def test_groupby_errors(inputs, tmp_path):
     with pytest.raises(TypeError):
         annstream.convert(paths, tmp_path / "c.zarr", groupby=[3], progress=False)
     assert not (tmp_path / "a.zarr").exists() and not (tmp_path / "b.zarr").exists()
+
+
+def test_groupby_strings_and_missing_values(tmp_path):
+    """groupby on a string column and on a nullable integer column with missing values: bytewise
+    string order, missing values last; compared with pandas' stable sort of the ungrouped output."""
+    rng = np.random.default_rng(7)
+    paths = []
+    for i in range(2):
+        n = 120
+        words = np.array(["beta", "alpha", "Gamma", "alp", "", "zeta"])
+        nint = pd.array(rng.integers(0, 4, n), dtype="Int64")
+        nint[rng.random(n) < 0.2] = pd.NA
+        obs = pd.DataFrame({"key": np.arange(n) + 1000 * i, "word": words[rng.integers(0, 6, n)],
+                            "level": nint}, index=[f"c{i}_{r}" for r in range(n)])
+        a = ad.AnnData(X=sp.csr_matrix(rng.random((n, 5)).astype(np.float32)), obs=obs,
+                       var=pd.DataFrame(index=[f"g{k}" for k in range(5)]))
+        p = tmp_path / f"in{i}.zarr"
+        a.write_zarr(p)
+        paths.append(p)
+    kw = dict(seed=3, dataset_size=100, progress=False)
+    plain = tmp_path / "plain.zarr"
+    annstream.convert(paths, plain, **kw)
+    for cols in (["word"], ["level", "word"]):
+        out = tmp_path / ("g_" + "_".join(cols) + ".zarr")
+        annstream.convert(paths, out, groupby=cols, **kw)
+        for p, g in zip(_datasets(plain), _datasets(out)):
+            df = p.obs.reset_index(drop=True)
+            if "word" in cols:
+                df["word"] = df["word"].astype(str).map(lambda s: s.encode())  # bytewise order
+            want = df.sort_values(cols, kind="stable", na_position="last").index.to_numpy()
+            assert np.array_equal(g.obs["key"].to_numpy(), p.obs["key"].to_numpy()[want]), cols
