@@ -598,6 +598,16 @@ static int read_load(ans_loader *l)
 
 /* Hand over a group of n slots the producer filled (got of them taken): queued in batch order,
  * or - after an error (rc < 0) or a stop - returned to the free list. ANS_OK, STOPPED or rc. */
+/* Take up to n slots for batches about to be filled (mu held); they count as ahead. Returns how
+ * many were had (fewer only when memory ran out). */
+static size_t take_slots(ans_loader *l, ans_batch **slots, size_t n)
+{
+    size_t got = 0;
+    while (got < n && (slots[got] = slot_take(l)) != NULL) got++;
+    l->ahead += got;
+    return got;
+}
+
 static int publish_slots(ans_loader *l, ans_batch **slots, size_t got, size_t n, int rc)
 {
     ans_stream_fence(); /* the slots were filled with streaming stores */
@@ -745,9 +755,7 @@ static int produce_direct(ans_loader *l, uint64_t skip)
         pthread_mutex_unlock(&l->mu);
         return STOPPED;
     }
-    size_t got = 0;
-    while (got < need && (slots[got] = slot_take(l)) != NULL) got++;
-    l->ahead += got;
+    size_t got = take_slots(l, slots, need);
     pthread_mutex_unlock(&l->mu);
 
     int rc = got < need ? ans_err(ANS_ENOMEM, "loader: cannot allocate a batch") : ANS_OK;
@@ -808,9 +816,7 @@ static int produce_plan(ans_loader *l, uint64_t skip)
         }
         uint64_t room = cap - l->ahead;
         size_t g = nb - i < room ? nb - i : (size_t)room;
-        size_t got = 0;
-        while (got < g && (slots[got] = slot_take(l)) != NULL) got++;
-        l->ahead += got;
+        size_t got = take_slots(l, slots, g);
         pthread_mutex_unlock(&l->mu);
         int rc = got < g ? ans_err(ANS_ENOMEM, "loader: cannot allocate a batch") : ANS_OK;
         if (rc == ANS_OK) {
