@@ -596,8 +596,6 @@ static int read_load(ans_loader *l)
     return ANS_OK;
 }
 
-/* Hand over a group of n slots the producer filled (got of them taken): queued in batch order,
- * or - after an error (rc < 0) or a stop - returned to the free list. ANS_OK, STOPPED or rc. */
 /* Take up to n slots for batches about to be filled (mu held); they count as ahead. Returns how
  * many were had (fewer only when memory ran out). */
 static size_t take_slots(ans_loader *l, ans_batch **slots, size_t n)
@@ -608,6 +606,8 @@ static size_t take_slots(ans_loader *l, ans_batch **slots, size_t n)
     return got;
 }
 
+/* Hand over a group of n slots the producer filled (got of them taken): queued in batch order,
+ * or - after an error (rc < 0) or a stop - returned to the free list. ANS_OK, STOPPED or rc. */
 static int publish_slots(ans_loader *l, ans_batch **slots, size_t got, size_t n, int rc)
 {
     ans_stream_fence(); /* the slots were filled with streaming stores */
