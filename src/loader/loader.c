@@ -330,6 +330,27 @@ static int reserve_csr(const ans_loader *l, ans_batch *b, uint64_t n, uint64_t n
     return ANS_OK;
 }
 
+/* The fields every batch j of the current plan gets (n rows, `order` its load positions): epoch,
+ * index, shape, dtype and, with return_index, the global row of each of its rows. */
+static int batch_head(const ans_loader *l, ans_batch *b, size_t j, uint64_t n,
+                      const uint64_t *order)
+{
+    b->epoch = l->params.epoch;
+    b->index = l->cur->first_batch + j;
+    b->ndim = l->ndim;
+    b->shape[0] = n;
+    for (int d = 1; d < l->ndim; d++) b->shape[d] = l->shape[d];
+    b->dtype = l->out_dtype;
+    b->has_rows = l->return_index;
+    if (l->return_index) {
+        ANS_TRY(lbuf_reserve_n(&b->rows, n ? n : 1, 8));
+        const uint64_t *p2g = l->pos2glob.p;
+        uint64_t *rows = b->rows.p;
+        for (uint64_t q = 0; q < n; q++) rows[q] = p2g[order[q]];
+    }
+    return ANS_OK;
+}
+
 static int gather_fn(void *ctx, size_t i, int slot)
 {
     (void)slot;
@@ -344,21 +365,9 @@ static int gather_fn(void *ctx, size_t i, int slot)
     const uint64_t *p2r = l->pos2row.p;
     const unsigned char *ldata = l->ldata.p;
 
-    b->epoch = l->params.epoch;
-    b->index = plan->first_batch + j;
-    b->ndim = l->ndim;
-    b->shape[0] = n;
-    for (int d = 1; d < l->ndim; d++) b->shape[d] = l->shape[d];
-    b->dtype = l->out_dtype;
+    ANS_TRY(batch_head(l, b, j, n, order));
     b->nnz = 0;
     b->index_dtype = ANS_DTYPE_INVALID;
-    b->has_rows = l->return_index;
-    if (l->return_index) {
-        ANS_TRY(lbuf_reserve_n(&b->rows, n ? n : 1, 8));
-        const uint64_t *p2g = l->pos2glob.p;
-        uint64_t *rows = b->rows.p;
-        for (uint64_t q = 0; q < n; q++) rows[q] = p2g[order[q]];
-    }
 
     if (l->format == ANS_FORMAT_DENSE) {
         b->format = ANS_FORMAT_DENSE;
@@ -527,13 +536,28 @@ static void advise_load(ans_loader *l, uint64_t k)
     ans_err_restore(&saved);
 }
 
+/* Where each load position lives: pos2row (the row in the store-after-store order, from
+ * cursor[s], the first row of store s, which is advanced) and, with return_index, pos2glob. */
+static void map_positions(ans_loader *l, size_t np, uint64_t *cursor)
+{
+    const piece *pc = l->pieces.p;
+    uint64_t *p2r = l->pos2row.p, *p2g = l->return_index ? l->pos2glob.p : NULL;
+    for (size_t i = 0; i < np; i++) {
+        uint64_t br = cursor[pc[i].store];
+        cursor[pc[i].store] += pc[i].count;
+        for (uint64_t q = 0; q < pc[i].count; q++) {
+            p2r[pc[i].load_pos + q] = br + q;
+            if (p2g) p2g[pc[i].load_pos + q] = pc[i].global + q;
+        }
+    }
+}
+
 /* Read the rows of the current plan into the load buffer (steps 2 and 3 of loader.h). */
 static int read_load(ans_loader *l)
 {
     const ans_load_plan *plan = l->cur;
     size_t np;
     ANS_TRY(plan_pieces(l, &np));
-    piece *pc = l->pieces.p;
     ans_range *sr = l->sranges.p;
     /* sizes, and each store's segment of the load buffer */
     int lwide = l->load_idx == ANS_DTYPE_INT64;
@@ -583,16 +607,7 @@ static int read_load(ans_loader *l)
         nnz_acc += sz->nnz;
         byte_acc += sz->data_bytes;
     }
-    /* where each load position lives */
-    uint64_t *p2r = l->pos2row.p, *p2g = l->pos2glob.p;
-    for (size_t i = 0; i < np; i++) {
-        uint64_t br = row_start[pc[i].store];
-        row_start[pc[i].store] += pc[i].count;
-        for (uint64_t q = 0; q < pc[i].count; q++) {
-            p2r[pc[i].load_pos + q] = br + q;
-            if (p2g) p2g[pc[i].load_pos + q] = pc[i].global + q;
-        }
-    }
+    map_positions(l, np, row_start);
     return ANS_OK;
 }
 
@@ -653,19 +668,7 @@ static int layout_batch(ans_loader *l, ans_batch *b, size_t j, int wide)
     const uint64_t *order = plan->order + lo;
     const uint64_t *p2r = l->pos2row.p, *lens = l->lens.p;
     void **ddst = l->ddst.p, **idst = l->idst.p;
-    b->epoch = l->params.epoch;
-    b->index = plan->first_batch + j;
-    b->ndim = 2;
-    b->shape[0] = n;
-    b->shape[1] = l->shape[1];
-    b->dtype = l->out_dtype;
-    b->has_rows = l->return_index;
-    if (l->return_index) {
-        ANS_TRY(lbuf_reserve_n(&b->rows, n ? n : 1, 8));
-        const uint64_t *p2g = l->pos2glob.p;
-        uint64_t *rows = b->rows.p;
-        for (uint64_t q = 0; q < n; q++) rows[q] = p2g[order[q]];
-    }
+    ANS_TRY(batch_head(l, b, j, n, order)); /* CSR: ndim 2 */
     uint64_t nnz = 0;
     for (uint64_t q = 0; q < n; q++) nnz += lens[p2r[order[q]]];
     size_t isz = wide ? 8 : 4;
@@ -702,7 +705,6 @@ static int produce_direct(ans_loader *l, uint64_t skip)
     const ans_load_plan *plan = l->cur;
     size_t np;
     ANS_TRY(plan_pieces(l, &np));
-    const piece *pc = l->pieces.p;
     const ans_range *sr = l->sranges.p;
     uint64_t rows = plan->n_rows;
     ANS_TRY(lbuf_reserve_n(&l->lens, rows ? rows : 1, 8));
@@ -731,15 +733,8 @@ static int produce_direct(ans_loader *l, uint64_t skip)
     /* where each load position lives in that order */
     uint64_t *cursor = l->store_pos;
     for (size_t s = 0; s < l->nstores; s++) cursor[s] = base[s];
-    uint64_t *p2r = l->pos2row.p, *p2g = l->return_index ? l->pos2glob.p : NULL;
-    for (size_t i = 0; i < np; i++) {
-        uint64_t br = cursor[pc[i].store];
-        cursor[pc[i].store] += pc[i].count;
-        for (uint64_t q = 0; q < pc[i].count; q++) {
-            p2r[pc[i].load_pos + q] = br + q;
-            if (p2g) p2g[pc[i].load_pos + q] = pc[i].global + q;
-        }
-    }
+    map_positions(l, np, cursor);
+    uint64_t *p2r = l->pos2row.p;
 
     /* the slots: all of the load's remaining batches at once */
     size_t nb = plan->n_batches;
