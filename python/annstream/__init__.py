@@ -31,6 +31,7 @@ __all__ = [
     "Element",
     "FormatError",
     "Loader",
+    "StatefulDataLoader",
     "Store",
     "__version__",
     "c_version",
@@ -47,11 +48,18 @@ def __getattr__(name: str):
 
         globals()["Loader"] = Loader
         return Loader
+    if name == "StatefulDataLoader":
+        from . import _loader
+
+        if not hasattr(_loader, "StatefulDataLoader"):
+            raise ImportError("annstream.StatefulDataLoader needs torch (pip install torch)")
+        globals()["StatefulDataLoader"] = _loader.StatefulDataLoader
+        return _loader.StatefulDataLoader
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | {"Loader"})
+    return sorted(set(globals()) | {"Loader", "StatefulDataLoader"})
 
 
 def c_version() -> str:

@@ -135,6 +135,12 @@ def _worker() -> tuple[int, int]:
     return int(info.id), int(info.num_workers)
 
 
+def _in_worker() -> bool:
+    """Whether this runs inside a torch DataLoader worker process."""
+    data = sys.modules.get("torch.utils.data") if _HAVE_TORCH else None
+    return data is not None and data.get_worker_info() is not None
+
+
 def _concat_obs(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
     """Concatenate per-store obs frames; categoricals keep categorical dtype (union of the
     categories, in order of first appearance)."""
@@ -305,6 +311,9 @@ class Loader(_Base):
         self._pinned = False
         self._batches_yielded = 0
         self._resume = 0
+        # (num_workers, batches consumed) for the DataLoader workers of the next pass, set by
+        # StatefulDataLoader.load_state_dict; each worker's copy takes its share and drops it
+        self._worker_resume: tuple[int, int] | None = None
         self._token = 0
         self._c_key: tuple | None = None
 
@@ -572,14 +581,24 @@ class Loader(_Base):
     def _generate(self) -> Iterator[dict]:
         self._check_open()
         worker_id, num_workers = _worker()
+        start = self._resume
+        self._resume = 0
+        resume = self._worker_resume
+        if resume is not None and resume[0] == num_workers and _in_worker():
+            # A resumed DataLoader pass (StatefulDataLoader): batch i of the original pass came
+            # from worker i % W, and the DataLoader polls its workers round-robin from worker 0,
+            # so worker w now serves the share ("logical worker") that comes next in that order,
+            # from the batch that share had reached.
+            self._worker_resume = None
+            done = resume[1]
+            worker_id = (worker_id + done) % num_workers
+            start = done // num_workers + (1 if worker_id < done % num_workers else 0)
         partition = self._rank * num_workers + worker_id
         n_partitions = self._world_size * num_workers
         c = self._acquire(partition, n_partitions)
         self._token += 1
         token = self._token
         epoch = self._epoch
-        start = self._resume
-        self._resume = 0
         # the stream's generation: the C loader refuses next() / push_plan() of an older one, so an
         # iteration restarted from another thread cannot lose a batch (or get a plan) to this one
         gen = c.set_epoch(epoch)
@@ -817,3 +836,128 @@ class _PlanFeeder:
             if self._pending[0] == 0:
                 self._pending.popleft()
 
+
+
+if _HAVE_TORCH:
+    from torch.utils.data import DataLoader as _TorchDataLoader
+
+    class StatefulDataLoader(_TorchDataLoader):
+        """A ``torch.utils.data.DataLoader`` over an annstream :class:`Loader` whose position can
+        be saved and restored exactly, also with ``num_workers > 0``.
+
+        >>> dl = annstream.StatefulDataLoader(loader, num_workers=4)
+        >>> for i, batch in enumerate(dl):
+        ...     if i % 1000 == 0:
+        ...         torch.save({"model": model.state_dict(), "data": dl.state_dict()}, "ckpt.pt")
+        >>> dl = annstream.StatefulDataLoader(annstream.Loader(...same...), num_workers=4)
+        >>> dl.load_state_dict(torch.load("ckpt.pt")["data"])   # the rest of that pass, then on
+
+        The Loader makes the batches, so ``batch_size`` is None (the default here); every other
+        DataLoader argument passes through. The state records the epoch of the running pass and
+        how many batches the training loop took from it. Batch ``i`` of a pass comes from worker
+        ``i % num_workers`` (the DataLoader's round-robin, ``in_order=True``), and every worker's
+        share has the same number of batches, so that count fixes each worker's position; the
+        resumed pass yields exactly the batches that were left, in the original order. Restoring
+        needs the same ``num_workers`` (another count splits the rows differently).
+
+        Unlike a plain DataLoader over the Loader, the epoch advances after every completed pass
+        (unless ``loader.set_epoch`` pinned it), in the main process's copy as in persistent
+        workers' copies. With ``persistent_workers=True``, ``set_epoch`` does not reach workers
+        that are already running, and ``load_state_dict`` must come before the first pass.
+        """
+
+        def __init__(self, dataset: Loader, **kwargs: Any) -> None:
+            if not isinstance(dataset, Loader):
+                raise TypeError(
+                    f"StatefulDataLoader takes an annstream.Loader, not {type(dataset).__name__}"
+                )
+            if kwargs.setdefault("batch_size", None) is not None:
+                raise ValueError("batch_size must be None: the annstream Loader makes the batches")
+            if kwargs.get("in_order", True) is not True:
+                raise ValueError(
+                    "in_order=False hands batches over in the order the workers finish them, "
+                    "which cannot be resumed exactly"
+                )
+            super().__init__(dataset, **kwargs)
+            self._run_epoch: int | None = None  # epoch of the pass running, None between passes
+            self._run_done = 0  # batches of that pass taken by the loop
+            self._pending = 0  # batches of the next pass already taken (from load_state_dict)
+            self._started = False
+
+        def __iter__(self):
+            if self.num_workers == 0:  # the Loader runs in this process and keeps its own state
+                return super().__iter__()
+            return self._pass()
+
+        def _pass(self):
+            loader: Loader = self.dataset
+            epoch, done = loader._epoch, self._pending
+            self._pending = 0
+            loader._worker_resume = (self.num_workers, done) if done else None
+            try:
+                it = super().__iter__()  # the workers start here, with a copy of the loader
+            finally:
+                loader._worker_resume = None
+            self._started = True
+            self._run_epoch, self._run_done = epoch, done
+            finished = False
+            try:
+                for batch in it:
+                    self._run_done += 1
+                    yield batch
+                finished = True
+            finally:
+                if finished:
+                    self._run_epoch, self._run_done = None, 0
+                    if not loader._pinned:
+                        loader._epoch = epoch + 1  # as every worker's copy did
+
+        def state_dict(self) -> dict:
+            """The Loader's state plus ``num_workers`` and the pass's ``batches_yielded`` (batches
+            the loop took; taken inside the loop it counts the batch in hand). JSON-able."""
+            loader: Loader = self.dataset
+            state = loader.state_dict()
+            if self.num_workers == 0:
+                return {"num_workers": 0, "loader": state}
+            if self._run_epoch is not None:
+                state["epoch"], done = self._run_epoch, self._run_done
+            else:
+                done = self._pending
+            state["batches_yielded"] = 0
+            return {"num_workers": self.num_workers, "batches_yielded": done, "loader": state}
+
+        def load_state_dict(self, state: dict) -> None:
+            """Continue from ``state`` (from :meth:`state_dict` of a StatefulDataLoader with the
+            same ``num_workers`` over a Loader with the same sources and parameters)."""
+            if not isinstance(state, dict) or "loader" not in state or "num_workers" not in state:
+                raise TypeError("state must be a dict from StatefulDataLoader.state_dict()")
+            if state["num_workers"] != self.num_workers:
+                raise ValueError(
+                    f"state was taken with num_workers={state['num_workers']}, this DataLoader "
+                    f"has {self.num_workers}: the workers' shares of the rows would differ"
+                )
+            loader: Loader = self.dataset
+            if self.num_workers == 0:
+                loader.load_state_dict(state["loader"])
+                return
+            if self.persistent_workers and self._started:
+                raise ValueError(
+                    "load_state_dict must come before the first pass with persistent_workers=True "
+                    "(running workers keep their own copy of the loader)"
+                )
+            done = _check_int("batches_yielded", state.get("batches_yielded"), 0)
+            if done and loader._sampler is not None:
+                raise ValueError(
+                    "resuming a pass inside DataLoader workers needs the built-in samplers "
+                    "(a custom sampler's worker shares need not have equal lengths)"
+                )
+            per_worker = loader._n_batches(loader._world_size * self.num_workers)
+            if done > per_worker * self.num_workers:
+                raise ValueError(
+                    f"batches_yielded {done} exceeds the {per_worker * self.num_workers} batches "
+                    f"of a pass with {self.num_workers} workers"
+                )
+            loader.load_state_dict(state["loader"])
+            self._pending = done
+
+    __all__.append("StatefulDataLoader")

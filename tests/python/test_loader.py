@@ -631,6 +631,95 @@ def test_dataloader_torch_output(data):
     assert n == 2 * ((full.n_obs // 2) // 16)
 
 
+@needs_torch
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")  # 3 workers on 2 CPUs
+@pytest.mark.parametrize("workers,persistent", [(2, False), (3, True)])
+def test_stateful_dataloader_resumes_inside_workers(data, workers, persistent):
+    _, paths, _ = data
+    import multiprocessing as mp
+
+    def make(seed=7):
+        return annstream.StatefulDataLoader(
+            loader(paths, return_index=True, seed=seed), num_workers=workers,
+            multiprocessing_context=mp.get_context("fork"), persistent_workers=persistent,
+            timeout=60,
+        )
+
+    def one_pass(dl, stop=None):
+        out, state = [], None
+        for i, b in enumerate(dl):
+            out.append(np.asarray(b["index"]).copy())
+            if stop is not None and i + 1 == stop:
+                state = dl.state_dict()
+                break
+        return out, state
+
+    ref = make()
+    passes = [one_pass(ref)[0] for _ in range(3)]
+    # the epoch advances from pass to pass (unlike a plain DataLoader over a Loader)
+    assert not np.array_equal(np.concatenate(passes[0]), np.concatenate(passes[1]))
+    per_pass = len(passes[1])
+    stop = 5  # not a multiple of the worker count: the resumed pass starts mid-round
+    assert stop % workers != 0 and stop < per_pass
+
+    dl = make()
+    one_pass(dl)
+    head, state = one_pass(dl, stop)
+    assert state["num_workers"] == workers and state["batches_yielded"] == stop
+    assert state["loader"]["epoch"] == 1
+    state = json.loads(json.dumps(state))
+
+    new = make(seed=123)  # the state's seed wins
+    assert new.state_dict()["loader"]["epoch"] == 0
+    new.load_state_dict(state)
+    assert new.state_dict()["batches_yielded"] == stop
+    rest, _ = one_pass(new)
+    assert len(head) + len(rest) == per_pass
+    for x, y in zip(head + rest, passes[1]):
+        np.testing.assert_array_equal(x, y)
+    # and on with the next epoch, as the uninterrupted run did
+    after, _ = one_pass(new)
+    assert len(after) == len(passes[2])
+    for x, y in zip(after, passes[2]):
+        np.testing.assert_array_equal(x, y)
+
+    with pytest.raises(ValueError, match="num_workers"):
+        annstream.StatefulDataLoader(loader(paths, return_index=True), num_workers=1,
+                                     timeout=60).load_state_dict(state)
+    if persistent:
+        with pytest.raises(ValueError, match="before the first pass"):
+            new.load_state_dict(state)
+
+
+@needs_torch
+def test_stateful_dataloader_rejects_what_it_cannot_resume(data):
+    _, paths, _ = data
+    ld = loader(paths)
+    with pytest.raises(ValueError, match="batch_size"):
+        annstream.StatefulDataLoader(ld, batch_size=4)
+    with pytest.raises(TypeError, match="annstream.Loader"):
+        annstream.StatefulDataLoader([1, 2, 3])
+    dl = annstream.StatefulDataLoader(ld, num_workers=2)
+    state = dl.state_dict()
+    assert state["batches_yielded"] == 0 and state["num_workers"] == 2
+    state["batches_yielded"] = 10**6
+    with pytest.raises(ValueError, match="exceeds"):
+        dl.load_state_dict(state)
+    # without workers the Loader's own state describes the position
+    dl0 = annstream.StatefulDataLoader(loader(paths, return_index=True))
+    it = iter(dl0)
+    first = [np.asarray(next(it)["index"]).copy() for _ in range(3)]
+    st = dl0.state_dict()
+    assert st == {"num_workers": 0, "loader": dl0.dataset.state_dict()}
+    assert st["loader"]["batches_yielded"] == 3
+    del it
+    again = annstream.StatefulDataLoader(loader(paths, return_index=True))
+    again.load_state_dict(st)
+    ref = epoch_rows(loader(paths, return_index=True))
+    for x, y in zip(first + [np.asarray(b["index"]) for b in again], ref):
+        np.testing.assert_array_equal(x, y)
+
+
 def test_works_without_torch(data):
     _, paths, _ = data
     code = (
