@@ -101,10 +101,8 @@ def _blosc_lib():
     return lib
 
 
-def _work_access(args):
-    """jobs: (encoded chunk, first item, n items, typesize, whole); `repeats` times each: a whole
-    chunk with blosc_decompress_ctx (one thread), a run of its blocks with blosc_getitem."""
-    jobs, nbytes, repeats, barrier = args
+def _prepare_access(jobs, nbytes: int):
+    """jobs: (encoded chunk, first item, n items, typesize, whole) -> what _decode_access runs."""
     import ctypes
     lib = _blosc_lib()
     out = ctypes.create_string_buffer(nbytes)
@@ -112,16 +110,39 @@ def _work_access(args):
     for c, start, n, ts, whole in jobs:
         buf = ctypes.create_string_buffer(c, len(c))
         prepared.append((buf, start, n, n * ts if whole else 0))
+    return lib, out, prepared
+
+
+def _decode_access(lib, out, prepared) -> None:
+    """Each job once: a whole chunk with blosc_decompress_ctx (one thread), a run of its blocks
+    with blosc_getitem."""
+    for buf, start, n, whole_bytes in prepared:
+        if whole_bytes:
+            if lib.blosc_decompress_ctx(buf, out, whole_bytes, 1) != whole_bytes:
+                raise RuntimeError("blosc_decompress_ctx failed")
+        elif lib.blosc_getitem(buf, start, n, out) < 0:
+            raise RuntimeError("blosc_getitem failed")
+
+
+def _work_access(args):
+    jobs, nbytes, repeats, barrier = args
+    lib, out, prepared = _prepare_access(jobs, nbytes)
     barrier.wait()
     t0 = time.perf_counter()
     for _ in range(repeats):
-        for buf, start, n, whole_bytes in prepared:
-            if whole_bytes:
-                if lib.blosc_decompress_ctx(buf, out, whole_bytes, 1) != whole_bytes:
-                    raise RuntimeError("blosc_decompress_ctx failed")
-            elif lib.blosc_getitem(buf, start, n, out) < 0:
-                raise RuntimeError("blosc_getitem failed")
+        _decode_access(lib, out, prepared)
     return time.perf_counter() - t0
+
+
+def _serve_access_proc(conn, jobs, nbytes, barrier) -> None:
+    """A persistent decoding process of --serve: one pass over its jobs per "epoch" message."""
+    lib, out, prepared = _prepare_access(jobs, nbytes)
+    conn.send("ready")
+    while conn.recv() == "epoch":
+        barrier.wait()
+        t0 = time.perf_counter()
+        _decode_access(lib, out, prepared)
+        conn.send(time.perf_counter() - t0)
 
 
 def _access_jobs(datasets, chunk_size: int, preload: int, seed: int):
@@ -187,7 +208,12 @@ def main(argv=None) -> int:
                     help="access ceiling: the blocks a shuffled epoch of this chunk size decodes")
     ap.add_argument("--preload-nchunks", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--serve", action="store_true",
+                    help="with --chunk-size: run one epoch per 'epoch' line on stdin, JSON lines out "
+                         "(a system of bench/loader_bench.py: --systems annbatch,annstream,ceiling)")
     a = ap.parse_args(argv)
+    if a.serve and a.chunk_size <= 0:
+        ap.error("--serve needs --chunk-size")
     root = Path(a.path)
     if a.chunk_size > 0:
         return access_main(a, root)
@@ -235,6 +261,8 @@ def access_main(a, root: Path) -> int:
     for i, j in enumerate(jobs):
         per[i % a.procs].append(j)
     nbytes = max(n * ts for _, _, n, ts, _ in jobs)
+    if a.serve:
+        return serve_access(a, root, n_obs, per, nbytes, decoded)
     with mp.Manager() as m:
         barrier = m.Barrier(a.procs)
         with mp.get_context("fork").Pool(a.procs) as pool:
@@ -249,6 +277,70 @@ def access_main(a, root: Path) -> int:
           f"({a.procs} processes, {len(jobs)} block runs, {decoded / 1e6:.0f} MB decoded per epoch, "
           f"{slowest / a.repeats:.3f} s per epoch of {n_obs} rows)")
     print("JSON " + json.dumps(res))
+    return 0
+
+
+def _hwm_mib(pid: int) -> float:
+    """Peak RSS of a running process (VmHWM), MiB."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def serve_access(a, root: Path, n_obs: int, per, nbytes: int, decoded: int) -> int:
+    """The access ceiling as a system of bench/loader_bench.py's interleaved rounds: JSON lines on
+    stdout ("ready", then one "epoch" record per "epoch" line on stdin, a "summary" at "quit"), so
+    that its epochs run in the same rounds, under the same background load, as the loaders'."""
+    def emit(obj):
+        print(json.dumps(obj), flush=True)
+
+    base = {"system": "ceiling", "collection": str(root), "chunk_size": a.chunk_size,
+            "preload_nchunks": a.preload_nchunks, "cache": "warm", "procs": a.procs,
+            "decoded_bytes": decoded, "pid": os.getpid()}
+    t0 = time.perf_counter()
+    ctx = mp.get_context("fork")
+    barrier = ctx.Barrier(a.procs)
+    conns, procs = [], []
+    for part in per:
+        here, there = ctx.Pipe()
+        pr = ctx.Process(target=_serve_access_proc, args=(there, part, nbytes, barrier), daemon=True)
+        pr.start()
+        conns.append(here)
+        procs.append(pr)
+    for c in conns:
+        if c.recv() != "ready":
+            raise SystemExit("a decoding process failed to start")
+    setup_s = time.perf_counter() - t0
+    emit({**base, "kind": "ready"})
+    results = []
+    for line in sys.stdin:
+        if line.strip() != "epoch":
+            break
+        for c in conns:
+            c.send("epoch")
+        slowest = max(c.recv() for c in conns)
+        r = {**base, "kind": "epoch", "epoch": len(results), "seconds": slowest,
+             "samples_per_s": n_obs / slowest, "rows": n_obs, "first_batch_s": 0.0,
+             "batches_per_s": None, "peak_rss_mib": sum(_hwm_mib(pr.pid) for pr in procs)}
+        results.append(r)
+        emit(r)
+    for c in conns:
+        c.send("quit")
+    for pr in procs:
+        pr.join(10)
+    if not results:
+        emit({**base, "kind": "summary", "error": "no epoch"})
+        return 0
+    v = sorted(r["samples_per_s"] for r in results)
+    emit({**base, "kind": "summary", "samples_per_s": v[len(v) // 2], "best_samples_per_s": v[-1],
+          "epochs": len(results), "first_batch_s": 0.0, "batches_per_s": None,
+          "peak_rss_mib": max(r["peak_rss_mib"] for r in results), "setup_s": setup_s,
+          "rows_per_epoch": n_obs})
     return 0
 
 

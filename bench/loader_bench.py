@@ -409,7 +409,8 @@ def main(argv=None) -> int:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--collection-path", default=None, help="use this existing collection instead of annbatch_prep")
     # loaders
-    p.add_argument("--systems", default="annbatch,annstream")
+    p.add_argument("--systems", default="annbatch,annstream",
+                   help="comma-separated: annbatch, annstream, ceiling (the access decode ceiling of bench/decode_ceiling.py, warm runs only)")
     p.add_argument("--configs", default="32x256,256x64", help="chunk_size x preload_nchunks, comma-separated")
     p.add_argument("--caches", default="warm,cold")
     p.add_argument("--batch-size", type=int, default=4096)
@@ -479,6 +480,11 @@ def main(argv=None) -> int:
                           "--max-batches", str(args.max_batches)] + (["--check"] if args.check else [])
                 if system == "annbatch":
                     cmd = [abpy, str(BENCH_DIR / "annbatch_worker.py"), str(coll), *common] + (["--no-obs"] if args.obs == "none" else [])
+                elif system == "ceiling":  # bench/decode_ceiling.py's access ceiling: no I/O, warm only
+                    if cache != "warm":
+                        continue
+                    cmd = [args.annstream_python, str(BENCH_DIR / "decode_ceiling.py"), str(coll), "--chunk-size", str(cs),
+                           "--preload-nchunks", str(pn), "--seed", str(args.seed), "--serve"]
                 elif system == "annstream":
                     cmd = [args.annstream_python, str(Path(__file__).resolve()), "--worker", "annstream", "--collection", str(coll),
                            *common, "--threads", str(args.threads), "--prefetch", str(args.prefetch), "--obs-mode", args.obs]
@@ -495,6 +501,8 @@ def main(argv=None) -> int:
             else:
                 got = run_interleaved(cmds, args, tag, wait_quiet)
             for system in systems:
+                if system not in got:
+                    continue
                 summ, epochs, stderr = got[system]
                 summ.update({"system": system, "chunk_size": cs, "preload_nchunks": pn, "cache": cache})
                 summ["epoch_records"] = epochs
@@ -503,7 +511,7 @@ def main(argv=None) -> int:
                     if "not available" not in summ["error"] and stderr:
                         log(stderr[-2000:])
                 else:
-                    log(f"[{system} {tag}] {summ['samples_per_s']:,.0f} samples/s, first batch {summ['first_batch_s']*1000:.0f} ms, "
+                    log(f"[{system} {tag}] {summ['samples_per_s']:,.0f} samples/s, first batch {summ.get('first_batch_s', 0)*1000:.0f} ms, "
                         f"peak RSS {summ['peak_rss_mib']:.0f} MiB, {summ.get('cpu_s_per_epoch', 0):.2f} CPU s/epoch, "
                         f"idle load {summ.get('idle_load', 0):.2f}")
                 results.append(summ)
@@ -538,6 +546,22 @@ def main(argv=None) -> int:
         print(f"| {r['system']} | {cfg} | {r['cache']} | {fmt(r['samples_per_s'])} | {fmt(r.get('best_samples_per_s'))} | "
               f"{fmt(r['batches_per_s'], '.1f')} | {ratio} | {fmt(r['first_batch_s'] * 1000, '.0f')} | {fmt(r['peak_rss_mib'])} | "
               f"{fmt(r.get('cpu_s_per_epoch'), '.2f')} | {fmt(r.get('other_cores'), '.2f')} | {fmt(r.get('idle_load'), '.2f')} | {fmt(r.get('setup_s'), '.2f')} |")
+    ceil = {key(r): r for r in results if r["system"] == "ceiling" and not r.get("error")}
+    if ceil:
+        print("\nAgainst the access decode ceiling (bench/decode_ceiling.py --serve, 2 processes that only decompress "
+              "the blosc blocks each load needs, run in the same rounds): median over rounds of the system's epoch / "
+              "the ceiling's epoch of the same round\n")
+        for r in results:
+            c = ceil.get(key(r))
+            if c is None or r["system"] == "ceiling" or r.get("error"):
+                continue
+            mine = {e["epoch"]: e["samples_per_s"] for e in r["epoch_records"] if e.get("kind") == "epoch"}
+            theirs = {e["epoch"]: e["samples_per_s"] for e in c["epoch_records"] if e.get("kind") == "epoch"}
+            pr = sorted(mine[i] / theirs[i] for i in mine if i in theirs)
+            if pr:
+                r["ceiling_fraction"] = pr[len(pr) // 2]
+                print(f"- {r['system']} {r['chunk_size']}x{r['preload_nchunks']} {r['cache']}: {r['ceiling_fraction']:.0%} "
+                      f"of the ceiling (rounds: {', '.join(f'{x:.0%}' for x in pr)}; ceiling median {c['samples_per_s']:,.0f} rows/s)")
     if args.check:
         sums = {(r["system"], key(r)): [e.get("data_sum") for e in r["epoch_records"]] for r in results if not r.get("error")}
         print("\ndata sums per epoch:", json.dumps({f"{s} {k}": v for (s, k), v in sums.items()}))
