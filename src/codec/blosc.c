@@ -13,6 +13,9 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define HDR 16
 /* c-blosc's decoding constants (blosc.c: MIN_BUFFERSIZE, MAX_SPLITS); they decide when a block was
@@ -201,39 +204,51 @@ int ans_blosc_decode(ans_codec_ctx *ctx, const void *src, size_t srclen, void *d
     return ANS_OK;
 }
 
-/* Undo c-blosc's byte shuffle of one block: byte t of item i was stored at t * n + i (n = items in
- * the block); the bytes after the last whole item were stored as they are. */
-static void unshuffle(size_t ts, size_t bsize, const uint8_t *restrict src, uint8_t *restrict dst)
+/* Undo c-blosc's byte shuffle for the first m items of a block of n items: byte t of item i was
+ * stored at t * n + i. */
+static void unshuffle_items(size_t ts, size_t n, size_t m, const uint8_t *restrict src,
+                            uint8_t *restrict dst)
 {
-    size_t n = bsize / ts;
+    size_t i = 0;
+#if defined(__SSE2__)
     if (ts == 4) {
         const uint8_t *s0 = src, *s1 = src + n, *s2 = src + 2 * n, *s3 = src + 3 * n;
-        for (size_t i = 0; i < n; i++) {
-            dst[4 * i] = s0[i];
-            dst[4 * i + 1] = s1[i];
-            dst[4 * i + 2] = s2[i];
-            dst[4 * i + 3] = s3[i];
+        for (; i + 16 <= m; i += 16) {
+            __m128i x0 = _mm_loadu_si128((const __m128i *)(s0 + i));
+            __m128i x1 = _mm_loadu_si128((const __m128i *)(s1 + i));
+            __m128i x2 = _mm_loadu_si128((const __m128i *)(s2 + i));
+            __m128i x3 = _mm_loadu_si128((const __m128i *)(s3 + i));
+            __m128i l01 = _mm_unpacklo_epi8(x0, x1), h01 = _mm_unpackhi_epi8(x0, x1);
+            __m128i l23 = _mm_unpacklo_epi8(x2, x3), h23 = _mm_unpackhi_epi8(x2, x3);
+            uint8_t *o = dst + 4 * i;
+            _mm_storeu_si128((__m128i *)o, _mm_unpacklo_epi16(l01, l23));
+            _mm_storeu_si128((__m128i *)(o + 16), _mm_unpackhi_epi16(l01, l23));
+            _mm_storeu_si128((__m128i *)(o + 32), _mm_unpacklo_epi16(h01, h23));
+            _mm_storeu_si128((__m128i *)(o + 48), _mm_unpackhi_epi16(h01, h23));
         }
     } else if (ts == 2) {
         const uint8_t *s0 = src, *s1 = src + n;
-        for (size_t i = 0; i < n; i++) {
-            dst[2 * i] = s0[i];
-            dst[2 * i + 1] = s1[i];
-        }
-    } else {
-        for (size_t t = 0; t < ts; t++) {
-            const uint8_t *st = src + t * n;
-            for (size_t i = 0; i < n; i++) dst[i * ts + t] = st[i];
+        for (; i + 16 <= m; i += 16) {
+            __m128i x0 = _mm_loadu_si128((const __m128i *)(s0 + i));
+            __m128i x1 = _mm_loadu_si128((const __m128i *)(s1 + i));
+            _mm_storeu_si128((__m128i *)(dst + 2 * i), _mm_unpacklo_epi8(x0, x1));
+            _mm_storeu_si128((__m128i *)(dst + 2 * i + 16), _mm_unpackhi_epi8(x0, x1));
         }
     }
-    memcpy(dst + n * ts, src + n * ts, bsize - n * ts);
+#endif
+    for (; i < m; i++)
+        for (size_t t = 0; t < ts; t++) dst[i * ts + t] = src[t * n + i];
 }
 
-/* Block j of a validated LZ4 frame (byte shuffle or none) into dst (the block's size), as c-blosc
- * decodes it: its streams (one, or typesize when split) are raw when their compressed size equals
- * their decoded size, else LZ4 blocks; then unshuffled. `tmp` holds a block when shuffled. */
+/* The first `need` bytes (all when need >= the block's size) of block j of a validated LZ4 frame
+ * (byte shuffle or none) into dst, as c-blosc decodes the block: its streams (one, or typesize
+ * when split) are raw when their compressed size equals their decoded size, else LZ4 blocks; then
+ * unshuffled. Only the prefix of each stream that the wanted bytes come from is decompressed
+ * (LZ4_decompress_safe_partial stops there): with byte shuffle every stream holds one byte of
+ * each item, so the first m items need the first m bytes of every stream. `tmp` holds a block
+ * when shuffled. */
 static int lz4_block(const uint8_t *s, const blosc_hdr *h, uint32_t j, uint32_t nblocks,
-                     uint8_t *dst, uint8_t *tmp)
+                     uint8_t *dst, uint8_t *tmp, size_t need)
 {
     uint32_t leftover = h->nbytes % h->blocksize;
     int partial = j == nblocks - 1 && leftover > 0;
@@ -243,27 +258,52 @@ static int lz4_block(const uint8_t *s, const blosc_hdr *h, uint32_t j, uint32_t 
                                bsize / h->typesize >= MIN_BUFFERSIZE
                            ? h->typesize
                            : 1;
-    int shuffled = (h->flags & BLOSC_DOSHUFFLE) && h->typesize > 1;
+    size_t ts = h->typesize;
+    int shuffled = (h->flags & BLOSC_DOSHUFFLE) && ts > 1;
+    size_t n = bsize / ts; /* whole items of the block */
+    if (need > bsize || (shuffled && need > n * ts)) need = bsize; /* the tail is stored as is */
+    size_t m = shuffled ? (need + ts - 1) / ts : 0; /* items needed */
     uint8_t *out = shuffled ? tmp : dst;
     uint32_t neblock = bsize / nsplits;
     uint64_t pos = rd32(s + HDR + 4 * (size_t)j); /* check_blocks: streams lie in the frame */
     for (uint32_t k = 0; k < nsplits; k++) {
         uint32_t csize = rd32(s + pos);
         pos += 4;
-        if (csize == neblock) {
-            memcpy(out + (size_t)k * neblock, s + pos, neblock);
-        } else {
-            int r = LZ4_decompress_safe((const char *)s + pos, (char *)out + (size_t)k * neblock,
-                                        (int)csize, (int)neblock);
+        /* bytes of this stream that the wanted ones come from */
+        size_t base = (size_t)k * neblock, want = neblock;
+        if (need < bsize) {
+            if (shuffled && nsplits > 1)
+                want = m; /* stream k is byte k of every item */
+            else if (shuffled) /* one stream holding the ts byte planes one after the other */
+                want = (ts - 1) * n + m;
+            else
+                want = need <= base ? 0 : need - base < neblock ? need - base : neblock;
+        }
+        if (want > 0 && csize == neblock) {
+            memcpy(out + base, s + pos, want);
+        } else if (want == neblock) {
+            int r = LZ4_decompress_safe((const char *)s + pos, (char *)out + base, (int)csize,
+                                        (int)neblock);
             if (r != (int)neblock)
                 return ans_err(ANS_ECORRUPT,
                                "blosc: lz4 data of block %" PRIu32 " is corrupt (decoded %d of "
                                "%" PRIu32 " bytes)",
                                j, r, neblock);
+        } else if (want > 0) {
+            int r = LZ4_decompress_safe_partial((const char *)s + pos, (char *)out + base,
+                                                (int)csize, (int)want, (int)neblock);
+            if (r != (int)want)
+                return ans_err(ANS_ECORRUPT,
+                               "blosc: lz4 data of block %" PRIu32 " is corrupt (decoded %d of "
+                               "the first %zu bytes)",
+                               j, r, want);
         }
         pos += csize;
     }
-    if (shuffled) unshuffle(h->typesize, bsize, tmp, dst);
+    if (shuffled) {
+        unshuffle_items(ts, n, need == bsize ? n : m, tmp, dst);
+        if (need == bsize) memcpy(dst + n * ts, tmp + n * ts, bsize - n * ts);
+    }
     return ANS_OK;
 }
 
@@ -286,7 +326,8 @@ int ans_blosc_decode_range(const void *src, size_t srclen, size_t nbytes, size_t
     uint32_t bs = h.blocksize;
     uint32_t nblocks = h.nbytes / bs + (h.nbytes % bs != 0);
     uint32_t first = (uint32_t)(lo / bs), last = (uint32_t)((hi - 1) / bs);
-    if (first == 0 && last == nblocks - 1) return ANS_EUNSUPPORTED;
+    /* Every block, and all of the last: c-blosc's own decoder is as good. */
+    if (first == 0 && hi == nbytes) return ANS_EUNSUPPORTED;
     if ((h.flags >> 5) != 1 || (h.flags & BLOSC_DOBITSHUFFLE)) {
         /* Other codecs and bit shuffle: c-blosc's own partial decoder (it allocates per call). */
         size_t ts = h.typesize;
@@ -305,10 +346,12 @@ int ans_blosc_decode_range(const void *src, size_t srclen, size_t nbytes, size_t
     for (uint32_t j = first; j <= last; j++) {
         size_t b0 = (size_t)j * bs, b1 = b0 + bs < h.nbytes ? b0 + bs : h.nbytes;
         size_t a = b0 > lo ? b0 : lo, e = b1 < hi ? b1 : hi;
-        if (a == b0 && e == b1) { /* the whole block is wanted: decode it in place */
-            ANS_TRY(lz4_block(s, &h, j, nblocks, out + (b0 - lo), tmp));
-        } else {
-            ANS_TRY(lz4_block(s, &h, j, nblocks, whole, tmp));
+        if (a == b0 && (e == b1 || (e - b0) % h.typesize == 0)) {
+            /* the block's first bytes are wanted (whole items: an unshuffle writes whole items
+             * only): decode them in place */
+            ANS_TRY(lz4_block(s, &h, j, nblocks, out + (b0 - lo), tmp, e - b0));
+        } else { /* LZ4 decodes from a block's start: up to e, then the wanted part */
+            ANS_TRY(lz4_block(s, &h, j, nblocks, whole, tmp, e - b0));
             memcpy(out + (a - lo), whole + (a - b0), e - a);
         }
     }

@@ -299,8 +299,9 @@ static void test_blosc_roundtrip(void)
 }
 
 /* Part of a frame: only the blocks holding [lo, hi) are decoded (LZ4 with byte or no shuffle by
- * annstream, other codecs and bit shuffle by blosc_getitem); a part needing every block is left to
- * the whole-frame decoder (ANS_EUNSUPPORTED). Every part must equal the same bytes of the input. */
+ * annstream, each block only up to hi; other codecs and bit shuffle by blosc_getitem); a part
+ * needing every block, all of the last, is left to the whole-frame decoder (ANS_EUNSUPPORTED).
+ * Every part must equal the same bytes of the input. */
 static void test_blosc_range(void)
 {
     const size_t n = 1 << 20;
@@ -335,7 +336,7 @@ static void test_blosc_range(void)
                     memset(dec, 0xAB, n + 1);
                     int rc = ans_blosc_decode_range(enc, elen, n, lo, hi, dec, &scratch);
                     if (rc == ANS_EUNSUPPORTED) {
-                        CHECK(lo / bs == 0 && (hi - 1) / bs == (n - 1) / bs);
+                        CHECK(lo / bs == 0 && hi == n);
                         whole++;
                         continue;
                     }
@@ -347,6 +348,43 @@ static void test_blosc_range(void)
             }
     CHECK(partial > 200);
     CHECK(whole > 0);
+    /* LZ4, byte or no shuffle: any byte range, also ending inside a block (only the prefix of each
+     * stream up to it is decoded) and in a last, partial block (one unsplit stream), and ranges
+     * that do not start or end on an item. */
+    static const size_t sizes[] = {1 << 20, (1 << 20) - 1000};
+    for (size_t z = 0; z < 2; z++)
+        for (int shuffle = 0; shuffle <= 1; shuffle++)
+            for (size_t t = 0; t < sizeof typesizes / sizeof *typesizes; t++) {
+                size_t m = sizes[z] - sizes[z] % typesizes[t], elen = 0;
+                CHECK_OK(ans_blosc_encode(in, m, enc, ans_blosc_bound(m), &elen, "lz4", 3,
+                                          shuffle, typesizes[t], 1));
+                uint32_t bs = (uint32_t)enc[8] | (uint32_t)enc[9] << 8 |
+                              (uint32_t)enc[10] << 16 | (uint32_t)enc[11] << 24;
+                for (int k = 0; k < 40; k++) {
+                    size_t lo, hi;
+                    if (k == 0) {
+                        lo = 0, hi = 1; /* the first byte of block 0 */
+                    } else if (k == 1) {
+                        lo = bs - 5, hi = bs + 7; /* a few bytes on both sides of a boundary */
+                    } else if (k == 2) {
+                        lo = m - bs / 2, hi = m - 1; /* inside the last block, short of its end */
+                    } else if (k == 3) {
+                        lo = 1, hi = m; /* every block, all of the last */
+                    } else {
+                        lo = (size_t)(rng_next(&rs) % (m - 1));
+                        hi = lo + 1 + (size_t)(rng_next(&rs) % (k < 20 ? 5000 : m - lo - 1));
+                    }
+                    memset(dec, 0xAB, n + 1);
+                    int rc = ans_blosc_decode_range(enc, elen, m, lo, hi, dec, &scratch);
+                    if (rc == ANS_EUNSUPPORTED) {
+                        CHECK(lo < bs && hi == m);
+                        continue;
+                    }
+                    CHECK_OK(rc);
+                    CHECK(memcmp(dec, in + lo, hi - lo) == 0);
+                    CHECK(dec[hi - lo] == 0xAB);
+                }
+            }
     size_t elen = 0;
     CHECK_OK(ans_blosc_encode(in, n, enc, ans_blosc_bound(n), &elen, "lz4", 3, 1, 4, 1));
     CHECK_RC(ans_blosc_decode_range(enc, elen, n - 4, 0, 4, dec, &scratch), ANS_ECORRUPT);
