@@ -1,8 +1,15 @@
 /* store_local.c - the local directory store (store.h).
  *
- * Every call opens the file it needs (O_CLOEXEC), reads with pread and closes it again: no descriptor
- * is shared between threads or survives a fork, and nothing here holds mutable state after
- * ans_kv_open_dir returns, so all reads are thread-safe without locking.
+ * Reads use pread on O_CLOEXEC descriptors. The hot reads (ans_kv_get_range, ans_kv_advise) go
+ * through a small per-store cache of open descriptors (KV_FDS, least recently used replaced, a
+ * mutex around the table only, never around I/O): a loader reads the same few shard files
+ * thousands of times per epoch, and an open/close pair per read cost about 4% of its CPU. The
+ * cache belongs to the process that opened the store: in a forked child (another pid) every read
+ * opens and closes its own descriptor again and the inherited table is never touched. A value
+ * written through the store (ans_kv_set) drops its cached descriptor; a file replaced behind the
+ * store's back (renamed over by another program) keeps being read through the old descriptor until
+ * it leaves the cache; one truncated in place is seen at once (a short read is an error).
+ * The other reads open the file they need, read and close it.
  *
  * Errors: a missing key (ENOENT / ENOTDIR) is ANS_ENOTFOUND without touching the thread's last error,
  * because missing chunks are normal; every other failure (ELOOP, EACCES, EISDIR, EIO, ...) is ANS_EIO
@@ -14,6 +21,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -24,9 +32,23 @@
 #define KV_PATH_MAX 4096
 #define KV_DU_MAX_DEPTH 64
 
+#define KV_FDS 16 /* cached descriptors per store */
+
+typedef struct kv_fd {
+    char *path;  /* NULL: a free entry */
+    int fd;
+    unsigned refs;  /* reads using it now: not replaced while > 0 */
+    int stale;      /* the path was written since: closed once no read uses it */
+    uint64_t used;  /* the store's tick at its last use */
+} kv_fd;
+
 struct ans_kv {
     char *root; /* without a trailing '/', except for "/" itself */
     size_t rootlen;
+    pid_t pid;  /* the process whose descriptor cache this is */
+    pthread_mutex_t mu;
+    uint64_t tick;
+    kv_fd fds[KV_FDS];
 };
 
 static const char *kv_strerror(int e, char *buf, size_t n)
@@ -126,6 +148,117 @@ static int kv_open_read(ans_kv *kv, const char *key, char *path, int *fd_out, ui
     return ANS_OK;
 }
 
+/* A read descriptor for `path` from the store's cache (*slot >= 0, give it back with kv_fd_put)
+ * or, when the cache cannot take it, a fresh one (*slot -1: close it). */
+static int kv_fd_get(ans_kv *kv, const char *path, int *fd_out, int *slot)
+{
+    *slot = -1;
+    int cached = getpid() == kv->pid;
+    if (cached) {
+        pthread_mutex_lock(&kv->mu);
+        for (int i = 0; i < KV_FDS; i++)
+            if (kv->fds[i].path && !kv->fds[i].stale && strcmp(kv->fds[i].path, path) == 0) {
+                kv->fds[i].refs++;
+                kv->fds[i].used = ++kv->tick;
+                *fd_out = kv->fds[i].fd;
+                *slot = i;
+                pthread_mutex_unlock(&kv->mu);
+                return ANS_OK;
+            }
+        pthread_mutex_unlock(&kv->mu);
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && (errno == EMFILE || errno == ENFILE) && cached) {
+        /* out of descriptors: give back the idle cached ones, then try once more */
+        pthread_mutex_lock(&kv->mu);
+        for (int i = 0; i < KV_FDS; i++)
+            if (kv->fds[i].path && kv->fds[i].refs == 0) {
+                close(kv->fds[i].fd);
+                free(kv->fds[i].path);
+                kv->fds[i].path = NULL;
+            }
+        pthread_mutex_unlock(&kv->mu);
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+    }
+    if (fd < 0) return kv_errno(errno, path, "open");
+    *fd_out = fd;
+    if (!cached) return ANS_OK;
+    char *copy = malloc(strlen(path) + 1);
+    if (!copy) return ANS_OK; /* uncached then */
+    strcpy(copy, path);
+    pthread_mutex_lock(&kv->mu);
+    int pick = -1;
+    for (int i = 0; i < KV_FDS; i++) {
+        if (kv->fds[i].path && !kv->fds[i].stale && strcmp(kv->fds[i].path, path) == 0) {
+            /* another thread's, opened meanwhile */
+            pick = -2;
+            break;
+        }
+        if (kv->fds[i].refs) continue;
+        if (pick < 0 || !kv->fds[i].path ||
+            (kv->fds[pick].path && kv->fds[i].used < kv->fds[pick].used))
+            pick = i;
+    }
+    int old_fd = -1;
+    char *old_path = NULL;
+    if (pick >= 0) {
+        old_fd = kv->fds[pick].path ? kv->fds[pick].fd : -1;
+        old_path = kv->fds[pick].path;
+        kv->fds[pick] = (kv_fd){copy, fd, 1, 0, ++kv->tick};
+        *slot = pick;
+        copy = NULL;
+    }
+    pthread_mutex_unlock(&kv->mu);
+    free(copy);
+    free(old_path);
+    if (old_fd >= 0) close(old_fd);
+    return ANS_OK;
+}
+
+static void kv_fd_put(ans_kv *kv, int fd, int slot)
+{
+    if (slot < 0) {
+        close(fd);
+        return;
+    }
+    pthread_mutex_lock(&kv->mu);
+    kv_fd *e = &kv->fds[slot];
+    int close_fd = -1;
+    char *path = NULL;
+    if (--e->refs == 0 && e->stale) {
+        close_fd = e->fd;
+        path = e->path;
+        e->path = NULL;
+    }
+    pthread_mutex_unlock(&kv->mu);
+    free(path);
+    if (close_fd >= 0) close(close_fd);
+}
+
+/* `path` was just replaced: its cached descriptor (the old file) is not used again. */
+static void kv_fd_forget(ans_kv *kv, const char *path)
+{
+    if (getpid() != kv->pid) return;
+    int close_fd = -1;
+    char *old = NULL;
+    pthread_mutex_lock(&kv->mu);
+    for (int i = 0; i < KV_FDS; i++) {
+        kv_fd *e = &kv->fds[i];
+        if (!e->path || e->stale || strcmp(e->path, path) != 0) continue;
+        if (e->refs) {
+            e->stale = 1; /* closed by the last kv_fd_put */
+        } else {
+            close_fd = e->fd;
+            old = e->path;
+            e->path = NULL;
+        }
+        break;
+    }
+    pthread_mutex_unlock(&kv->mu);
+    free(old);
+    if (close_fd >= 0) close(close_fd);
+}
+
 static int kv_read_at(int fd, const char *path, void *dst, uint64_t len, uint64_t off,
                       uint64_t size_hint)
 {
@@ -152,10 +285,13 @@ void ans_kv_advise(ans_kv *kv, const char *key, uint64_t offset, uint64_t len)
     int bad = kv_path(kv, key, path, KV_PATH_MAX) < 0;
     ans_err_restore(&saved); /* a hint leaves the last error as it was */
     if (bad) return;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return;
+    int fd = -1, slot = -1;
+    ans_err_save(&saved);
+    bad = kv_fd_get(kv, path, &fd, &slot) < 0;
+    ans_err_restore(&saved);
+    if (bad) return;
     (void)posix_fadvise(fd, (off_t)offset, (off_t)len, POSIX_FADV_WILLNEED);
-    close(fd);
+    kv_fd_put(kv, fd, slot);
 #else
     (void)kv;
     (void)key;
@@ -184,6 +320,12 @@ int ans_kv_open_dir(ans_kv **out, const char *root)
         return ANS_ENOMEM;
     }
     kv->rootlen = n;
+    kv->pid = getpid();
+    if (pthread_mutex_init(&kv->mu, NULL) != 0) {
+        free(kv->root);
+        free(kv);
+        return ans_err(ANS_ENOMEM, "%s: cannot create a mutex", root);
+    }
     *out = kv;
     return ANS_OK;
 }
@@ -222,6 +364,12 @@ int ans_kv_create_dir(ans_kv **out, const char *root)
 void ans_kv_free(ans_kv *kv)
 {
     if (!kv) return;
+    for (int i = 0; i < KV_FDS; i++)
+        if (kv->fds[i].path) {
+            if (getpid() == kv->pid) close(kv->fds[i].fd); /* a child leaves the parent's be */
+            free(kv->fds[i].path);
+        }
+    pthread_mutex_destroy(&kv->mu);
     free(kv->root);
     free(kv);
 }
@@ -256,9 +404,11 @@ int ans_kv_get_range(ans_kv *kv, const char *key, uint64_t offset, uint64_t len,
     uint64_t end;
     if (ans_add_overflow(offset, len, &end))
         return ans_err(ANS_ECORRUPT, "%s: byte range overflows", key);
-    ANS_TRY(kv_open_read(kv, key, path, &fd, NULL));
+    int slot = -1;
+    ANS_TRY(kv_path(kv, key, path, KV_PATH_MAX));
+    ANS_TRY(kv_fd_get(kv, path, &fd, &slot));
     int rc = kv_read_at(fd, path, dst, len, offset, 0);
-    close(fd);
+    kv_fd_put(kv, fd, slot);
     return rc;
 }
 
@@ -474,5 +624,6 @@ int ans_kv_set(ans_kv *kv, const char *key, const void *data, size_t len)
         if (rc == ANS_ENOTFOUND) rc = ans_err(ANS_EIO, "%s: rename failed", path);
     }
     if (rc < 0) unlink(tmp);
+    if (rc == ANS_OK) kv_fd_forget(kv, path);
     return rc;
 }

@@ -17,7 +17,10 @@
 #include <dirent.h>
 #include <math.h>
 #include <pthread.h>
+#include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static const char *g_fixtures;
@@ -230,6 +233,119 @@ static void test_store_basic(void)
     ans_buf_free(&b);
     ans_kv_free(kv);
     CHECK_RC(ans_kv_open_dir(&kv, "/nonexistent/ans"), ANS_ENOTFOUND);
+    rm_rf(dir);
+}
+
+/* The descriptor cache behind ans_kv_get_range / ans_kv_advise: more files than it holds, values
+ * rewritten through the store, a file truncated in place, threads, a forked child, and running out
+ * of descriptors. Every read must return the file's current bytes (or the truncation error). */
+#define FDC_FILES 40
+
+static void fdc_expect(ans_kv *kv, int f, int gen, uint64_t off)
+{
+    char key[32], want[32], got[32];
+    snprintf(key, sizeof key, "d/f%02d", f);
+    snprintf(want, sizeof want, "%02d:%04d:", f, gen);
+    CHECK_OK(ans_kv_get_range(kv, key, off % 8, 8 - off % 8, got));
+    CHECK(memcmp(got, want + off % 8, 8 - off % 8) == 0);
+}
+
+typedef struct fdc_arg {
+    ans_kv *kv;
+    unsigned seed;
+    int bad;
+} fdc_arg;
+
+static void *fdc_thread(void *p)
+{
+    fdc_arg *a = p;
+    for (int i = 0; i < 3000; i++) {
+        a->seed = a->seed * 1103515245u + 12345u;
+        int f = (int)((a->seed >> 8) % FDC_FILES);
+        char key[32], want[32], got[32];
+        snprintf(key, sizeof key, "d/f%02d", f);
+        snprintf(want, sizeof want, "%02d:%04d:", f, 0);
+        if (ans_kv_get_range(a->kv, key, 0, 8, got) != ANS_OK || memcmp(got, want, 8) != 0)
+            a->bad++;
+        if (i % 7 == 0) ans_kv_advise(a->kv, key, 0, 8);
+    }
+    return NULL;
+}
+
+static void test_store_fd_cache(void)
+{
+    char dir[4200];
+    CHECK(tmpdir(dir, sizeof dir) == 0);
+    ans_kv *kv = NULL;
+    CHECK_OK(ans_kv_open_dir(&kv, dir));
+    if (!kv) return;
+    char key[32], val[32];
+    for (int f = 0; f < FDC_FILES; f++) {
+        snprintf(key, sizeof key, "d/f%02d", f);
+        snprintf(val, sizeof val, "%02d:%04d:", f, 0);
+        CHECK_OK(ans_kv_set(kv, key, val, 8));
+    }
+    /* round after round over more files than the cache holds */
+    for (int r = 0; r < 5; r++)
+        for (int f = 0; f < FDC_FILES; f++) fdc_expect(kv, f, 0, (uint64_t)(r + f));
+    /* threads reading at once (the TSan tier runs this too) */
+    pthread_t th[4];
+    fdc_arg args[4];
+    for (int t = 0; t < 4; t++) {
+        args[t] = (fdc_arg){kv, (unsigned)t + 1, 0};
+        CHECK(pthread_create(&th[t], NULL, fdc_thread, &args[t]) == 0);
+    }
+    for (int t = 0; t < 4; t++) {
+        pthread_join(th[t], NULL);
+        CHECK(args[t].bad == 0);
+    }
+    /* rewritten through the store: the next read sees the new file, not the cached old one */
+    fdc_expect(kv, 3, 0, 0);
+    CHECK_OK(ans_kv_set(kv, "d/f03", "03:0001:", 8));
+    fdc_expect(kv, 3, 1, 0);
+    fdc_expect(kv, 3, 1, 5);
+    /* truncated in place under the cached descriptor: an error, not stale bytes */
+    fdc_expect(kv, 4, 0, 0);
+    char path[4300];
+    snprintf(path, sizeof path, "%s/d/f04", dir);
+    CHECK(truncate(path, 4) == 0);
+    char got[32];
+    CHECK_RC(ans_kv_get_range(kv, "d/f04", 0, 8, got), ANS_ECORRUPT);
+    CHECK_STR_CONTAINS(ans_error_last(), "truncated");
+    CHECK_OK(ans_kv_get_range(kv, "d/f04", 0, 4, got));
+    CHECK(memcmp(got, "04:0", 4) == 0);
+    /* a forked child reads through the inherited store (its own descriptors), then opens a store of
+     * its own under a descriptor limit that the cache alone would exhaust */
+    fflush(NULL);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        int ok = 1;
+        char w[32];
+        for (int f = 5; f < FDC_FILES && ok; f++) {
+            snprintf(key, sizeof key, "d/f%02d", f);
+            snprintf(val, sizeof val, "%02d:%04d:", f, 0);
+            ok = ans_kv_get_range(kv, key, 0, 8, w) == ANS_OK && memcmp(w, val, 8) == 0;
+        }
+        ans_kv *own = NULL;
+        ok = ok && ans_kv_open_dir(&own, dir) == ANS_OK;
+        int lowest = open("/dev/null", O_RDONLY); /* the next free descriptor number */
+        if (lowest >= 0) close(lowest);
+        struct rlimit rl = {(rlim_t)lowest + 6, (rlim_t)lowest + 6};
+        ok = ok && lowest >= 0 && setrlimit(RLIMIT_NOFILE, &rl) == 0;
+        for (int r = 0; r < 3 && ok; r++)
+            for (int f = 5; f < FDC_FILES && ok; f++) {
+                snprintf(key, sizeof key, "d/f%02d", f);
+                snprintf(val, sizeof val, "%02d:%04d:", f, 0);
+                ok = ans_kv_get_range(own, key, 0, 8, w) == ANS_OK && memcmp(w, val, 8) == 0;
+            }
+        _exit(ok ? 0 : 1);
+    }
+    int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    for (int f = 5; f < FDC_FILES; f++) fdc_expect(kv, f, 0, 1); /* the parent's cache still works */
+    ans_kv_free(kv);
     rm_rf(dir);
 }
 
@@ -1309,6 +1425,7 @@ int main(int argc, char **argv)
 {
     static const ans_t_case cases[] = {
         {"store_basic", test_store_basic},
+        {"store_fd_cache", test_store_fd_cache},
         {"chunk_keys", test_chunk_keys},
         {"fill_parse", test_fill_parse},
         {"typestr", test_typestr},
