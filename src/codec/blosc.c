@@ -240,15 +240,17 @@ static void unshuffle_items(size_t ts, size_t n, size_t m, const uint8_t *restri
         for (size_t t = 0; t < ts; t++) dst[i * ts + t] = src[t * n + i];
 }
 
-/* The first `need` bytes (all when need >= the block's size) of block j of a validated LZ4 frame
- * (byte shuffle or none) into dst, as c-blosc decodes the block: its streams (one, or typesize
- * when split) are raw when their compressed size equals their decoded size, else LZ4 blocks; then
- * unshuffled. Only the prefix of each stream that the wanted bytes come from is decompressed
- * (LZ4_decompress_safe_partial stops there): with byte shuffle every stream holds one byte of
- * each item, so the first m items need the first m bytes of every stream. `tmp` holds a block
- * when shuffled. */
+/* Bytes [from, need) of block j of a validated LZ4 frame (byte shuffle or none) into dst (where
+ * byte `from` goes; need >= the block's size: to its end), as c-blosc decodes the block: its
+ * streams (one, or typesize when split) are raw when their compressed size equals their decoded
+ * size, else LZ4 blocks; then unshuffled. Only the prefix of each stream that the wanted bytes come
+ * from is decompressed (LZ4_decompress_safe_partial stops there): with byte shuffle every stream
+ * holds one byte of each item, so the first m items need the first m bytes of every stream; and
+ * only the wanted items are unshuffled, straight into dst. A shuffled frame writes whole items:
+ * `from` must then be a multiple of the typesize and `need` one too or the block's end (callers
+ * decode other ranges from 0 into a block-sized buffer). `tmp` holds a block. */
 static int lz4_block(const uint8_t *s, const blosc_hdr *h, uint32_t j, uint32_t nblocks,
-                     uint8_t *dst, uint8_t *tmp, size_t need)
+                     uint8_t *dst, uint8_t *tmp, size_t from, size_t need)
 {
     uint32_t leftover = h->nbytes % h->blocksize;
     int partial = j == nblocks - 1 && leftover > 0;
@@ -263,7 +265,7 @@ static int lz4_block(const uint8_t *s, const blosc_hdr *h, uint32_t j, uint32_t 
     size_t n = bsize / ts; /* whole items of the block */
     if (need > bsize || (shuffled && need > n * ts)) need = bsize; /* the tail is stored as is */
     size_t m = shuffled ? (need + ts - 1) / ts : 0; /* items needed */
-    uint8_t *out = shuffled ? tmp : dst;
+    uint8_t *out = shuffled || from > 0 ? tmp : dst;
     uint32_t neblock = bsize / nsplits;
     uint64_t pos = rd32(s + HDR + 4 * (size_t)j); /* check_blocks: streams lie in the frame */
     for (uint32_t k = 0; k < nsplits; k++) {
@@ -301,8 +303,12 @@ static int lz4_block(const uint8_t *s, const blosc_hdr *h, uint32_t j, uint32_t 
         pos += csize;
     }
     if (shuffled) {
-        unshuffle_items(ts, n, need == bsize ? n : m, tmp, dst);
-        if (need == bsize) memcpy(dst + n * ts, tmp + n * ts, bsize - n * ts);
+        size_t i0 = from / ts, i1 = need == bsize ? n : m;
+        if (i1 > i0) unshuffle_items(ts, n, i1 - i0, tmp + i0, dst);
+        if (need == bsize && bsize > n * ts) /* the bytes after the last whole item, as stored */
+            memcpy(dst + (n * ts - from), tmp + n * ts, bsize - n * ts);
+    } else if (from > 0) {
+        memcpy(dst, tmp + from, need - from);
     }
     return ANS_OK;
 }
@@ -346,12 +352,14 @@ int ans_blosc_decode_range(const void *src, size_t srclen, size_t nbytes, size_t
     for (uint32_t j = first; j <= last; j++) {
         size_t b0 = (size_t)j * bs, b1 = b0 + bs < h.nbytes ? b0 + bs : h.nbytes;
         size_t a = b0 > lo ? b0 : lo, e = b1 < hi ? b1 : hi;
-        if (a == b0 && (e == b1 || (e - b0) % h.typesize == 0)) {
-            /* the block's first bytes are wanted (whole items: an unshuffle writes whole items
-             * only): decode them in place */
-            ANS_TRY(lz4_block(s, &h, j, nblocks, out + (b0 - lo), tmp, e - b0));
-        } else { /* LZ4 decodes from a block's start: up to e, then the wanted part */
-            ANS_TRY(lz4_block(s, &h, j, nblocks, whole, tmp, e - b0));
+        size_t ts = h.typesize, whole_items = (b1 - b0) / ts * ts;
+        int shuffled = (h.flags & BLOSC_DOSHUFFLE) && ts > 1;
+        if (!shuffled || ((a - b0) % ts == 0 &&
+                          (e == b1 || ((e - b0) % ts == 0 && e - b0 <= whole_items)))) {
+            /* straight into place (a shuffled block writes whole items only) */
+            ANS_TRY(lz4_block(s, &h, j, nblocks, out + (a - lo), tmp, a - b0, e - b0));
+        } else { /* items cut at an end: the block from its start up to e, then the part */
+            ANS_TRY(lz4_block(s, &h, j, nblocks, whole, tmp, 0, e - b0));
             memcpy(out + (a - lo), whole + (a - b0), e - a);
         }
     }
