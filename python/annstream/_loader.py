@@ -124,21 +124,11 @@ def _distributed(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return r, w
 
 
-def _worker() -> tuple[int, int]:
-    """(worker_id, num_workers) inside a torch DataLoader worker, else (0, 1)."""
+def _worker() -> tuple[int, int] | None:
+    """(worker_id, num_workers) inside a torch DataLoader worker, else None."""
     data = sys.modules.get("torch.utils.data") if _HAVE_TORCH else None
-    if data is None:
-        return 0, 1
-    info = data.get_worker_info()
-    if info is None:
-        return 0, 1
-    return int(info.id), int(info.num_workers)
-
-
-def _in_worker() -> bool:
-    """Whether this runs inside a torch DataLoader worker process."""
-    data = sys.modules.get("torch.utils.data") if _HAVE_TORCH else None
-    return data is not None and data.get_worker_info() is not None
+    info = data.get_worker_info() if data is not None else None
+    return None if info is None else (int(info.id), int(info.num_workers))
 
 
 def _concat_obs(frames: list[pd.DataFrame], columns: list[str]) -> pd.DataFrame:
@@ -580,11 +570,12 @@ class Loader(_Base):
 
     def _generate(self) -> Iterator[dict]:
         self._check_open()
-        worker_id, num_workers = _worker()
+        worker = _worker()
+        worker_id, num_workers = worker or (0, 1)
         start = self._resume
         self._resume = 0
         resume = self._worker_resume
-        if resume is not None and resume[0] == num_workers and _in_worker():
+        if resume is not None and worker is not None and resume[0] == num_workers:
             # A resumed DataLoader pass (StatefulDataLoader): batch i of the original pass came
             # from worker i % W, and the DataLoader polls its workers round-robin from worker 0,
             # so worker w now serves the share ("logical worker") that comes next in that order,
@@ -835,7 +826,6 @@ class _PlanFeeder:
             n -= take
             if self._pending[0] == 0:
                 self._pending.popleft()
-
 
 
 if _HAVE_TORCH:

@@ -183,9 +183,8 @@ static int kv_fd_get(ans_kv *kv, const char *path, int *fd_out, int *slot)
     if (fd < 0) return kv_errno(errno, path, "open");
     *fd_out = fd;
     if (!cached) return ANS_OK;
-    char *copy = malloc(strlen(path) + 1);
+    char *copy = ans_strdup(path);
     if (!copy) return ANS_OK; /* uncached then */
-    strcpy(copy, path);
     pthread_mutex_lock(&kv->mu);
     int pick = -1;
     for (int i = 0; i < KV_FDS; i++) {
