@@ -1,8 +1,8 @@
 /* store_local.c - the local directory store (store.h).
  *
  * Reads use pread on O_CLOEXEC descriptors. The hot reads (ans_kv_get_range, ans_kv_advise) go
- * through a small per-store cache of open descriptors (KV_FDS, least recently used replaced, a
- * mutex around the table only, never around I/O): a loader reads the same few shard files
+ * through a small per-store cache of open descriptors (2-16 by the process's descriptor limit,
+ * least recently used replaced, a mutex around the table only, never around I/O): a loader reads the same few shard files
  * thousands of times per epoch, and an open/close pair per read cost about 4% of its CPU. The
  * cache belongs to the process that opened the store: in a forked child (another pid) every read
  * opens and closes its own descriptor again and the inherited table is never touched. A value
@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -32,7 +33,7 @@
 #define KV_PATH_MAX 4096
 #define KV_DU_MAX_DEPTH 64
 
-#define KV_FDS 16 /* cached descriptors per store */
+#define KV_FDS 16 /* cached descriptors per store, at most (see kv_fd_budget) */
 
 typedef struct kv_fd {
     char *path;  /* NULL: a free entry */
@@ -46,6 +47,7 @@ struct ans_kv {
     char *root; /* without a trailing '/', except for "/" itself */
     size_t rootlen;
     pid_t pid;  /* the process whose descriptor cache this is */
+    int nfds;   /* entries of fds[] in use: kv_fd_budget() */
     pthread_mutex_t mu;
     uint64_t tick;
     kv_fd fds[KV_FDS];
@@ -148,6 +150,16 @@ static int kv_open_read(ans_kv *kv, const char *key, char *path, int *fd_out, ui
     return ANS_OK;
 }
 
+/* Descriptors one store may keep open: a 128th of the process's soft limit, 2 to KV_FDS (8 at the
+ * common 1024), so that a collection of many datasets, each its own store, stays well inside it. */
+static int kv_fd_budget(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY) return KV_FDS;
+    rlim_t n = rl.rlim_cur / 128;
+    return n < 2 ? 2 : n > KV_FDS ? KV_FDS : (int)n;
+}
+
 /* A read descriptor for `path` from the store's cache (*slot >= 0, give it back with kv_fd_put)
  * or, when the cache cannot take it, a fresh one (*slot -1: close it). */
 static int kv_fd_get(ans_kv *kv, const char *path, int *fd_out, int *slot)
@@ -156,7 +168,7 @@ static int kv_fd_get(ans_kv *kv, const char *path, int *fd_out, int *slot)
     int cached = getpid() == kv->pid;
     if (cached) {
         pthread_mutex_lock(&kv->mu);
-        for (int i = 0; i < KV_FDS; i++)
+        for (int i = 0; i < kv->nfds; i++)
             if (kv->fds[i].path && !kv->fds[i].stale && strcmp(kv->fds[i].path, path) == 0) {
                 kv->fds[i].refs++;
                 kv->fds[i].used = ++kv->tick;
@@ -171,7 +183,7 @@ static int kv_fd_get(ans_kv *kv, const char *path, int *fd_out, int *slot)
     if (fd < 0 && (errno == EMFILE || errno == ENFILE) && cached) {
         /* out of descriptors: give back the idle cached ones, then try once more */
         pthread_mutex_lock(&kv->mu);
-        for (int i = 0; i < KV_FDS; i++)
+        for (int i = 0; i < kv->nfds; i++)
             if (kv->fds[i].path && kv->fds[i].refs == 0) {
                 close(kv->fds[i].fd);
                 free(kv->fds[i].path);
@@ -187,7 +199,7 @@ static int kv_fd_get(ans_kv *kv, const char *path, int *fd_out, int *slot)
     if (!copy) return ANS_OK; /* uncached then */
     pthread_mutex_lock(&kv->mu);
     int pick = -1;
-    for (int i = 0; i < KV_FDS; i++) {
+    for (int i = 0; i < kv->nfds; i++) {
         if (kv->fds[i].path && !kv->fds[i].stale && strcmp(kv->fds[i].path, path) == 0) {
             /* another thread's, opened meanwhile */
             pick = -2;
@@ -241,7 +253,7 @@ static void kv_fd_forget(ans_kv *kv, const char *path)
     int close_fd = -1;
     char *old = NULL;
     pthread_mutex_lock(&kv->mu);
-    for (int i = 0; i < KV_FDS; i++) {
+    for (int i = 0; i < kv->nfds; i++) {
         kv_fd *e = &kv->fds[i];
         if (!e->path || e->stale || strcmp(e->path, path) != 0) continue;
         if (e->refs) {
@@ -320,6 +332,7 @@ int ans_kv_open_dir(ans_kv **out, const char *root)
     }
     kv->rootlen = n;
     kv->pid = getpid();
+    kv->nfds = kv_fd_budget();
     if (pthread_mutex_init(&kv->mu, NULL) != 0) {
         free(kv->root);
         free(kv);
@@ -363,7 +376,7 @@ int ans_kv_create_dir(ans_kv **out, const char *root)
 void ans_kv_free(ans_kv *kv)
 {
     if (!kv) return;
-    for (int i = 0; i < KV_FDS; i++)
+    for (int i = 0; i < kv->nfds; i++)
         if (kv->fds[i].path) {
             if (getpid() == kv->pid) close(kv->fds[i].fd); /* a child leaves the parent's be */
             free(kv->fds[i].path);

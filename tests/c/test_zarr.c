@@ -272,6 +272,18 @@ static void *fdc_thread(void *p)
     return NULL;
 }
 
+/* Open descriptors of this process (entries of /proc/self/fd, less the one listing them), or -1. */
+static int count_fds(void)
+{
+    DIR *d = opendir("/proc/self/fd");
+    if (!d) return -1;
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n - 1;
+}
+
 static void test_store_fd_cache(void)
 {
     char dir[4200];
@@ -344,6 +356,31 @@ static void test_store_fd_cache(void)
         _exit(ok ? 0 : 1);
     }
     int st = 0;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    /* at the common soft limit of 1024 a store keeps at most 8 descriptors open */
+    fflush(NULL);
+    pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        struct rlimit rl;
+        int ok = getrlimit(RLIMIT_NOFILE, &rl) == 0;
+        if (ok && rl.rlim_max >= 1024) {
+            rl.rlim_cur = 1024;
+            if (setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(0); /* valgrind: nothing to check */
+        }
+        int before = count_fds();
+        ans_kv *own = NULL;
+        ok = ok && before >= 0 && ans_kv_open_dir(&own, dir) == ANS_OK;
+        char w[32];
+        for (int f = 5; f < FDC_FILES && ok; f++) {
+            snprintf(key, sizeof key, "d/f%02d", f);
+            ok = ans_kv_get_range(own, key, 0, 8, w) == ANS_OK;
+        }
+        int held = count_fds() - before;
+        if (own) ans_kv_free(own);
+        _exit(ok && held >= 2 && held <= 8 && count_fds() == before ? 0 : 1);
+    }
     CHECK(waitpid(pid, &st, 0) == pid);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     for (int f = 5; f < FDC_FILES; f++) fdc_expect(kv, f, 0, 1); /* the parent's cache still works */
