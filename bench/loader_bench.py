@@ -344,6 +344,15 @@ def run_interleaved(cmds: dict[str, list[str]], args, tag: str, wait_quiet) -> d
     return out
 
 
+def paired_ratios(r: dict, other: dict) -> list[float]:
+    """Sorted per-round ratios of r's epoch samples/s to other's epoch of the same round."""
+    def rates(x):
+        return {e["epoch"]: e["samples_per_s"] for e in x["epoch_records"] if e.get("kind") == "epoch"}
+
+    mine, theirs = rates(r), rates(other)
+    return sorted(mine[i] / theirs[i] for i in mine if i in theirs)
+
+
 def fmt(v, spec=",.0f", dash="–"):
     return dash if v is None else format(v, spec)
 
@@ -573,9 +582,7 @@ def main(argv=None) -> int:
         ratio = f"{r['samples_per_s'] / base['samples_per_s']:.2f}x" if base else "–"
         if base and r is not base:
             # interleaved runs: median over rounds of the ratio of the two epochs of the same round
-            mine = {e["epoch"]: e["samples_per_s"] for e in r["epoch_records"] if e.get("kind") == "epoch"}
-            theirs = {e["epoch"]: e["samples_per_s"] for e in base["epoch_records"] if e.get("kind") == "epoch"}
-            pr = sorted(mine[i] / theirs[i] for i in mine if i in theirs)
+            pr = paired_ratios(r, base)
             if pr and not args.sequential:
                 r["paired_ratio"] = pr[len(pr) // 2]
                 ratio += f" (paired {r['paired_ratio']:.2f}x)"
@@ -591,9 +598,7 @@ def main(argv=None) -> int:
             c = ceil.get(key(r))
             if c is None or r["system"] == "ceiling" or r.get("error"):
                 continue
-            mine = {e["epoch"]: e["samples_per_s"] for e in r["epoch_records"] if e.get("kind") == "epoch"}
-            theirs = {e["epoch"]: e["samples_per_s"] for e in c["epoch_records"] if e.get("kind") == "epoch"}
-            pr = sorted(mine[i] / theirs[i] for i in mine if i in theirs)
+            pr = paired_ratios(r, c)
             if pr:
                 r["ceiling_fraction"] = pr[len(pr) // 2]
                 print(f"- {r['system']} {r['chunk_size']}x{r['preload_nchunks']} {r['cache']}: {r['ceiling_fraction']:.0%} "
