@@ -39,26 +39,49 @@ static uint32_t rd32(const uint8_t *p)
     return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
-/* The block-start table and every split's size field and payload must lie inside the frame. */
-static int check_blocks(const uint8_t *s, const blosc_hdr *h)
+/* How many streams block j of a frame was split into (blosc_d's rule, including its compatibility
+ * case for frames without the 0x10 flag), and its size. */
+static uint32_t block_splits(const blosc_hdr *h, uint32_t j, uint32_t nblocks, uint32_t *bsize)
 {
     uint32_t leftover = h->nbytes % h->blocksize;
-    uint32_t nblocks = h->nbytes / h->blocksize + (leftover != 0);
+    int partial = j == nblocks - 1 && leftover > 0;
+    *bsize = partial ? leftover : h->blocksize;
+    int dont_split = (h->flags & FLAG_DONT_SPLIT) != 0;
+    return !dont_split && !partial && h->typesize <= MAX_SPLITS &&
+                   *bsize / h->typesize >= MIN_BUFFERSIZE
+               ? h->typesize
+               : 1;
+}
+
+/* The block-start table must lie inside the frame and every start inside its data. Only the frame's
+ * head (header and table) is read. */
+static int check_table(const uint8_t *s, const blosc_hdr *h, uint32_t nblocks)
+{
     uint64_t table_end = HDR + 4 * (uint64_t)nblocks;
     if (table_end > h->cbytes)
         return ans_err(ANS_ECORRUPT,
                        "blosc: %" PRIu32 " block starts (nbytes %" PRIu32 ", blocksize %" PRIu32
                        ") do not fit in a %" PRIu32 "-byte frame",
                        nblocks, h->nbytes, h->blocksize, h->cbytes);
-    int dont_split = (h->flags & FLAG_DONT_SPLIT) != 0;
     for (uint32_t j = 0; j < nblocks; j++) {
-        int partial = j == nblocks - 1 && leftover > 0;
-        uint32_t bsize = partial ? leftover : h->blocksize;
-        /* blosc_d's rule, including its compatibility case for frames without the 0x10 flag. */
-        uint32_t nsplits = !dont_split && !partial && h->typesize <= MAX_SPLITS &&
-                                   bsize / h->typesize >= MIN_BUFFERSIZE
-                               ? h->typesize
-                               : 1;
+        uint64_t pos = rd32(s + HDR + 4 * (size_t)j);
+        if (pos < table_end || pos > h->cbytes)
+            return ans_err(ANS_ECORRUPT,
+                           "blosc: block %" PRIu32 " starts at offset %" PRIu64
+                           ", outside the frame's data [%" PRIu64 ", %" PRIu32 ")",
+                           j, pos, table_end, h->cbytes);
+    }
+    return ANS_OK;
+}
+
+/* Every split's size field and payload of blocks [j0, j1] must lie inside the frame's bytes
+ * [w0, w1) (the whole frame, or the part of it that was read). */
+static int check_streams(const uint8_t *s, const blosc_hdr *h, uint32_t nblocks, uint32_t j0,
+                         uint32_t j1, uint64_t w0, uint64_t w1)
+{
+    for (uint32_t j = j0; j <= j1; j++) {
+        uint32_t bsize;
+        uint32_t nsplits = block_splits(h, j, nblocks, &bsize);
         /* Otherwise c-blosc decodes nsplits * (bsize / nsplits) bytes, leaves the rest of the
          * block unwritten and still reports success. c-blosc writers never produce this. */
         if (bsize % nsplits != 0)
@@ -66,37 +89,45 @@ static int check_blocks(const uint8_t *s, const blosc_hdr *h)
                            "blosc: block size %" PRIu32 " is not a multiple of typesize %u", bsize,
                            h->typesize);
         uint64_t pos = rd32(s + HDR + 4 * (size_t)j);
-        if (pos < table_end || pos > h->cbytes)
+        if (pos < w0)
             return ans_err(ANS_ECORRUPT,
                            "blosc: block %" PRIu32 " starts at offset %" PRIu64
-                           ", outside the frame's data [%" PRIu64 ", %" PRIu32 ")",
-                           j, pos, table_end, h->cbytes);
+                           ", before the bytes read for it (from %" PRIu64 ")",
+                           j, pos, w0);
         for (uint32_t k = 0; k < nsplits; k++) {
-            if (pos + 4 > h->cbytes)
+            if (pos + 4 > w1)
                 return ans_err(ANS_ECORRUPT,
                                "blosc: block %" PRIu32 " stream %" PRIu32
-                               ": size field at offset %" PRIu64 " is past the end of the %" PRIu32
-                               "-byte frame",
-                               j, k, pos, h->cbytes);
+                               ": size field at offset %" PRIu64 " is past the end of the %" PRIu64
+                               " bytes of the %" PRIu32 "-byte frame it may use",
+                               j, k, pos, w1, h->cbytes);
             uint32_t csize = rd32(s + pos);
             pos += 4;
-            if (csize > h->cbytes - pos) /* also rejects "negative" int32 sizes */
+            if (csize > w1 - pos) /* also rejects "negative" int32 sizes */
                 return ans_err(ANS_ECORRUPT,
                                "blosc: block %" PRIu32 " stream %" PRIu32 " claims %" PRIu32
                                " compressed bytes but only %" PRIu64 " remain in the frame",
-                               j, k, csize, h->cbytes - pos);
+                               j, k, csize, w1 - pos);
             pos += csize;
         }
     }
     return ANS_OK;
 }
 
-static int blosc_validate(const void *src, size_t srclen, blosc_hdr *h)
+static uint32_t nblocks_of(const blosc_hdr *h)
 {
-    const uint8_t *s = src;
+    return h->nbytes / h->blocksize + (h->nbytes % h->blocksize != 0);
+}
+
+/* The 16-byte header of a frame of srclen bytes (avail >= 16 of them at s), its codec and, for a
+ * compressed frame, its block-start table (which must lie in the avail bytes). */
+static int validate_head(const uint8_t *s, size_t avail, size_t srclen, blosc_hdr *h)
+{
     if (srclen < HDR)
         return ans_err(ANS_ECORRUPT, "blosc: frame is %zu bytes, shorter than the 16-byte header",
                        srclen);
+    if (avail < HDR)
+        return ans_err(ANS_EINVAL, "blosc: only %zu bytes of the frame's header given", avail);
     h->version = s[0];
     h->versionlz = s[1];
     h->flags = s[2];
@@ -163,7 +194,19 @@ static int blosc_validate(const void *src, size_t srclen, blosc_hdr *h)
                        "blosc: frame uses the %s codec, which the linked c-blosc %s was built "
                        "without",
                        codec_names[codec], blosc_get_version_string());
-    return check_blocks(s, h);
+    uint32_t nblocks = nblocks_of(h);
+    if (HDR + 4 * (uint64_t)nblocks > avail && HDR + 4 * (uint64_t)nblocks <= h->cbytes)
+        return ans_err(ANS_EINVAL, "blosc: the frame's head is %" PRIu64 " bytes, only %zu given",
+                       HDR + 4 * (uint64_t)nblocks, avail);
+    return check_table(s, h, nblocks);
+}
+
+static int blosc_validate(const void *src, size_t srclen, blosc_hdr *h)
+{
+    ANS_TRY(validate_head(src, srclen, srclen, h));
+    if (h->nbytes == 0 || (h->flags & BLOSC_MEMCPYED)) return ANS_OK;
+    uint32_t nblocks = nblocks_of(h);
+    return check_streams(src, h, nblocks, 0, nblocks - 1, 0, h->cbytes);
 }
 
 int ans_blosc_nbytes(const void *src, size_t srclen, size_t *nbytes)
@@ -252,14 +295,8 @@ static void unshuffle_items(size_t ts, size_t n, size_t m, const uint8_t *restri
 static int lz4_block(const uint8_t *s, const blosc_hdr *h, uint32_t j, uint32_t nblocks,
                      uint8_t *dst, uint8_t *tmp, size_t from, size_t need)
 {
-    uint32_t leftover = h->nbytes % h->blocksize;
-    int partial = j == nblocks - 1 && leftover > 0;
-    uint32_t bsize = partial ? leftover : h->blocksize;
-    int dont_split = (h->flags & FLAG_DONT_SPLIT) != 0;
-    uint32_t nsplits = !dont_split && !partial && h->typesize <= MAX_SPLITS &&
-                               bsize / h->typesize >= MIN_BUFFERSIZE
-                           ? h->typesize
-                           : 1;
+    uint32_t bsize;
+    uint32_t nsplits = block_splits(h, j, nblocks, &bsize);
     size_t ts = h->typesize;
     int shuffled = (h->flags & BLOSC_DOSHUFFLE) && ts > 1;
     size_t n = bsize / ts; /* whole items of the block */
@@ -267,7 +304,7 @@ static int lz4_block(const uint8_t *s, const blosc_hdr *h, uint32_t j, uint32_t 
     size_t m = shuffled ? (need + ts - 1) / ts : 0; /* items needed */
     uint8_t *out = shuffled || from > 0 ? tmp : dst;
     uint32_t neblock = bsize / nsplits;
-    uint64_t pos = rd32(s + HDR + 4 * (size_t)j); /* check_blocks: streams lie in the frame */
+    uint64_t pos = rd32(s + HDR + 4 * (size_t)j); /* check_streams: they lie in the frame */
     for (uint32_t k = 0; k < nsplits; k++) {
         uint32_t csize = rd32(s + pos);
         pos += 4;
@@ -313,31 +350,107 @@ static int lz4_block(const uint8_t *s, const blosc_hdr *h, uint32_t j, uint32_t 
     return ANS_OK;
 }
 
-int ans_blosc_decode_range(const void *src, size_t srclen, size_t nbytes, size_t lo, size_t hi,
-                           void *dst, ans_buf *scratch)
+/* Can blocks of this (validated, compressed) frame be decoded apart by lz4_block? */
+static int blocks_apart(const blosc_hdr *h)
+{
+    return (h->flags >> 5) == 1 && !(h->flags & BLOSC_DOBITSHUFFLE);
+}
+
+int ans_blosc_head_len(const void *src, size_t srclen, size_t *len)
 {
     blosc_hdr h = {0};
-    ANS_TRY(blosc_validate(src, srclen, &h));
+    *len = 0;
+    if (validate_head(src, srclen, srclen, &h) < 0) return ANS_EUNSUPPORTED;
+    if (h.nbytes == 0) return ANS_EUNSUPPORTED;
+    if (h.flags & BLOSC_MEMCPYED) {
+        *len = HDR;
+        return ANS_OK;
+    }
+    if (!blocks_apart(&h)) return ANS_EUNSUPPORTED;
+    *len = HDR + 4 * (size_t)nblocks_of(&h);
+    return ANS_OK;
+}
+
+int ans_blosc_span(const void *head, size_t headlen, size_t srclen, size_t nbytes, size_t lo,
+                   size_t hi, size_t *c0, size_t *c1)
+{
+    blosc_hdr h = {0};
+    const uint8_t *s = head;
+    ANS_TRY(validate_head(s, headlen, srclen, &h));
     if (h.nbytes != nbytes)
         return ans_err(ANS_ECORRUPT, "blosc: frame decodes to %" PRIu32 " bytes, expected %zu",
                        h.nbytes, nbytes);
     if (lo >= hi || hi > nbytes)
         return ans_err(ANS_EINVAL, "blosc: bytes [%zu, %zu) are not inside the %zu decoded", lo,
                        hi, nbytes);
-    const uint8_t *s = src;
     if (h.flags & BLOSC_MEMCPYED) {
+        *c0 = HDR + lo;
+        *c1 = HDR + hi;
+        return ANS_OK;
+    }
+    uint32_t bs = h.blocksize, nblocks = nblocks_of(&h);
+    uint32_t first = (uint32_t)(lo / bs), last = (uint32_t)((hi - 1) / bs);
+    if ((first == 0 && hi == nbytes) || !blocks_apart(&h)) return ANS_EUNSUPPORTED;
+    /* A block's bytes run from its start to the next start above it (c-blosc's threads may store
+     * blocks out of order), or to the frame's end. */
+    uint64_t a = UINT64_MAX, e = 0;
+    for (uint32_t j = first; j <= last; j++) {
+        uint64_t p = rd32(s + HDR + 4 * (size_t)j), q = h.cbytes;
+        for (uint32_t k = 0; k < nblocks; k++) {
+            uint64_t o = rd32(s + HDR + 4 * (size_t)k);
+            if (o > p && o < q) q = o;
+        }
+        if (p < a) a = p;
+        if (q > e) e = q;
+    }
+    *c0 = (size_t)a;
+    *c1 = (size_t)e;
+    return ANS_OK;
+}
+
+int ans_blosc_decode_range(const void *src, size_t srclen, size_t nbytes, size_t lo, size_t hi,
+                           void *dst, ans_buf *scratch)
+{
+    return ans_blosc_decode_range_in(src, srclen, nbytes, lo, hi, 0, srclen, dst, scratch);
+}
+
+int ans_blosc_decode_range_in(const void *src, size_t srclen, size_t nbytes, size_t lo, size_t hi,
+                              size_t w0, size_t w1, void *dst, ans_buf *scratch)
+{
+    blosc_hdr h = {0};
+    const uint8_t *s = src;
+    /* the head is read in any case: from the frame, or put back in front of the bytes read */
+    ANS_TRY(validate_head(s, srclen, srclen, &h));
+    if (h.nbytes != nbytes)
+        return ans_err(ANS_ECORRUPT, "blosc: frame decodes to %" PRIu32 " bytes, expected %zu",
+                       h.nbytes, nbytes);
+    if (lo >= hi || hi > nbytes)
+        return ans_err(ANS_EINVAL, "blosc: bytes [%zu, %zu) are not inside the %zu decoded", lo,
+                       hi, nbytes);
+    int whole = w0 == 0 && w1 >= srclen;
+    if (!whole && (w0 > w1 || w1 > srclen))
+        return ans_err(ANS_EINVAL, "blosc: bytes [%zu, %zu) are not inside the %zu-byte frame",
+                       w0, w1, srclen);
+    if (h.flags & BLOSC_MEMCPYED) {
+        if (HDR + lo < w0 || HDR + hi > w1)
+            return ans_err(ANS_ECORRUPT,
+                           "blosc: bytes [%zu, %zu) of an uncompressed frame lie outside the "
+                           "bytes read [%zu, %zu)",
+                           HDR + lo, HDR + hi, w0, w1);
         memcpy(dst, s + HDR + lo, hi - lo);
         return ANS_OK;
     }
     uint32_t bs = h.blocksize;
-    uint32_t nblocks = h.nbytes / bs + (h.nbytes % bs != 0);
+    uint32_t nblocks = nblocks_of(&h);
     uint32_t first = (uint32_t)(lo / bs), last = (uint32_t)((hi - 1) / bs);
-    /* Every block, and all of the last: c-blosc's own decoder is as good. */
-    if (first == 0 && hi == nbytes) return ANS_EUNSUPPORTED;
-    if ((h.flags >> 5) != 1 || (h.flags & BLOSC_DOBITSHUFFLE)) {
+    if (!blocks_apart(&h)) {
+        if (!whole)
+            return ans_err(ANS_EINVAL, "blosc: %s frames are decoded from all of their bytes",
+                           codec_names[h.flags >> 5]);
         /* Other codecs and bit shuffle: c-blosc's own partial decoder (it allocates per call). */
         size_t ts = h.typesize;
-        if (lo % ts != 0 || hi % ts != 0) return ANS_EUNSUPPORTED;
+        if (lo % ts != 0 || hi % ts != 0 || (first == 0 && hi == nbytes)) return ANS_EUNSUPPORTED;
+        ANS_TRY(check_streams(s, &h, nblocks, 0, nblocks - 1, 0, h.cbytes));
         /* Sizes fit an int: nbytes <= BLOSC_MAX_BUFFERSIZE (validated). */
         int r = blosc_getitem(src, (int)(lo / ts), (int)((hi - lo) / ts), dst);
         if (r < 0 || (size_t)r != hi - lo)
@@ -346,8 +459,13 @@ int ans_blosc_decode_range(const void *src, size_t srclen, size_t nbytes, size_t
                            codec_names[h.flags >> 5], r, hi - lo);
         return ANS_OK;
     }
+    /* Every block, and all of the last: c-blosc's own decoder is as good. */
+    if (whole && first == 0 && hi == nbytes) return ANS_EUNSUPPORTED;
+    /* only the blocks decoded are read: only their streams must lie in the frame (in the bytes
+     * read) */
+    ANS_TRY(check_streams(s, &h, nblocks, first, last, whole ? 0 : w0, whole ? h.cbytes : w1));
     ANS_TRY(ans_buf_reserve(scratch, 2 * (size_t)bs));
-    uint8_t *tmp = scratch->data, *whole = scratch->data + bs;
+    uint8_t *tmp = scratch->data, *whole_blk = scratch->data + bs;
     uint8_t *out = dst;
     for (uint32_t j = first; j <= last; j++) {
         size_t b0 = (size_t)j * bs, b1 = b0 + bs < h.nbytes ? b0 + bs : h.nbytes;
@@ -359,8 +477,8 @@ int ans_blosc_decode_range(const void *src, size_t srclen, size_t nbytes, size_t
             /* straight into place (a shuffled block writes whole items only) */
             ANS_TRY(lz4_block(s, &h, j, nblocks, out + (a - lo), tmp, a - b0, e - b0));
         } else { /* items cut at an end: the block from its start up to e, then the part */
-            ANS_TRY(lz4_block(s, &h, j, nblocks, whole, tmp, 0, e - b0));
-            memcpy(out + (a - lo), whole + (a - b0), e - a);
+            ANS_TRY(lz4_block(s, &h, j, nblocks, whole_blk, tmp, 0, e - b0));
+            memcpy(out + (a - lo), whole_blk + (a - b0), e - a);
         }
     }
     return ANS_OK;

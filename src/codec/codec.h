@@ -48,6 +48,23 @@ int ans_blosc_decode(ans_codec_ctx *ctx, const void *src, size_t srclen, void *d
  * the frame's typesize): decode the whole frame instead. */
 int ans_blosc_decode_range(const void *src, size_t srclen, size_t nbytes, size_t lo, size_t hi,
                            void *dst, ans_buf *scratch);
+/* ans_blosc_decode_range when only the frame's bytes [w0, w1) and its head (header and block-start
+ * table, ans_blosc_head_len) hold what was read: the blocks decoded must lie in [w0, w1), which
+ * ans_blosc_span gives. [0, srclen) is the whole frame. A part of a frame that is not an LZ4 frame
+ * with byte or no shuffle, or an uncompressed one, is refused (ANS_EINVAL). */
+int ans_blosc_decode_range_in(const void *src, size_t srclen, size_t nbytes, size_t lo, size_t hi,
+                              size_t w0, size_t w1, void *dst, ans_buf *scratch);
+/* The length of a frame's head (16-byte header and block-start table, validated) when its blocks
+ * can be read apart from each other (LZ4 with byte or no shuffle, or an uncompressed frame); else
+ * ANS_EUNSUPPORTED without a message (also for a frame that fails validation: its decoding will
+ * say why). */
+int ans_blosc_head_len(const void *src, size_t srclen, size_t *len);
+/* The frame bytes [*c0, *c1) beyond its head that ans_blosc_decode_range_in needs to decode bytes
+ * [lo, hi), from the head alone (`head`: its first headlen bytes, at least the head; srclen: the
+ * whole frame's size; nbytes: its decoded size). ANS_EUNSUPPORTED without a message when the
+ * frame's blocks cannot be read apart or every block is needed. */
+int ans_blosc_span(const void *head, size_t headlen, size_t srclen, size_t nbytes, size_t lo,
+                   size_t hi, size_t *c0, size_t *c1);
 /* Uncompressed size of a blosc frame, after the same validation as ans_blosc_decode. */
 int ans_blosc_nbytes(const void *src, size_t srclen, size_t *nbytes);
 

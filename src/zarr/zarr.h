@@ -37,6 +37,10 @@
 #define ANS_ZKEY_MAX 1024    /* longest store key built for a chunk */
 #define ANS_ZIDX_CACHE_N 64  /* shard indexes kept per array ... */
 #define ANS_ZIDX_CACHE_BYTES ((uint64_t)128 << 20) /* ... and their total size */
+/* Heads of blosc units (header and block-start table) kept per sharded array, for reading units in
+ * part: slots (one per inner chunk, at most this many) and the largest head kept (16 block starts). */
+#define ANS_ZHEAD_SLOTS 32768
+#define ANS_ZHEAD_MAX 80
 
 /* ---- codec chains (zarr_codecs.c) ---------------------------------------------------------------- */
 
@@ -132,12 +136,25 @@ int ans_zchain_parse_v2(ans_zchain *ch, const ans_json *compressor, const ans_js
  * that much). *result points at the decoded unit. Sizes are checked exactly: ANS_ECORRUPT. */
 int ans_zchain_decode(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
                       uint8_t *dst, const uint8_t **result);
-/* Undo the bytes->bytes stages only (for vlen units): *out / *outlen point into ws buffers or src. */
 /* Bytes [lo, hi) of a decoded unit; *result points at byte lo (in ws, valid until its next use).
  * A unit whose only stage is blosc (no transpose or byte swap) decodes just the blocks holding
  * them; any other unit is decoded whole. */
 int ans_zchain_decode_range(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
                             uint64_t lo, uint64_t hi, const uint8_t **result);
+/* Reading a unit in part. A unit whose only stage is blosc (no transpose or byte swap) and whose
+ * frame's blocks can be read apart has a head (header and block-start table) of *hlen bytes
+ * (ans_zchain_head_len; else ANS_EUNSUPPORTED without a message). From that head alone,
+ * ans_zchain_span gives the stored bytes [*c0, *c1) that decoding bytes [lo, hi) needs besides it
+ * (ANS_EUNSUPPORTED without a message when all of them are needed), and
+ * ans_zchain_decode_range_in decodes [lo, hi) from a buffer of the unit's len bytes in which only
+ * the head and [w0, w1) hold the unit's bytes. */
+int ans_zchain_head_len(const ans_zchain *ch, const uint8_t *src, size_t len, size_t *hlen);
+int ans_zchain_span(const ans_zchain *ch, const uint8_t *head, size_t hlen, size_t len,
+                    uint64_t lo, uint64_t hi, uint64_t *c0, uint64_t *c1);
+int ans_zchain_decode_range_in(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
+                               uint64_t lo, uint64_t hi, uint64_t w0, uint64_t w1,
+                               const uint8_t **result);
+/* Undo the bytes->bytes stages only (for vlen units): *out / *outlen point into ws buffers or src. */
 int ans_zchain_decode_bytes(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
                             const uint8_t **out, size_t *outlen);
 
@@ -184,6 +201,9 @@ typedef struct ans_zarray {
     int ncache;
     uint64_t cache_bytes;
     uint64_t tick;
+    /* blosc head cache (under mu): nheads slots, allocated on first use; 0 slots: none */
+    struct ans_zhead *heads;
+    size_t nheads;
 } ans_zarray;
 
 /* Fill the metadata fields of `za` (its base.path and zs must be set) from .zarray / zarr.json. */

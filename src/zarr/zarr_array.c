@@ -100,6 +100,66 @@ static void idx_release(ans_zarray *za, ans_zidx *e)
     if (last) idx_free(e);
 }
 
+/* ---- blosc head cache -------------------------------------------------------------------------
+ *
+ * A shuffled loader reads most inner chunks in part, and a blosc frame's blocks can be read apart
+ * once its head (header and block-start table) is known. Heads are kept per unit row in a
+ * direct-mapped table, valid while the shard index still gives the unit the same (offset, size).
+ * Like the shard indexes, they assume that a shard is not rewritten in place while it is open. */
+
+struct ans_zhead {
+    uint64_t key;    /* unit row + 1; 0: empty */
+    uint64_t off, nb; /* the unit's bytes in its shard when the head was read */
+    uint32_t len;
+    uint8_t b[ANS_ZHEAD_MAX];
+};
+
+/* Copy unit row u0's head into out (ANS_ZHEAD_MAX bytes) when it is cached for the unit at
+ * (off, nb); returns its length, 0 when not. */
+static size_t head_get(ans_zarray *za, uint64_t u0, uint64_t off, uint64_t nb, uint8_t *out)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&za->mu);
+    if (za->heads) {
+        const struct ans_zhead *h = &za->heads[u0 % za->nheads];
+        if (h->key == u0 + 1 && h->off == off && h->nb == nb) {
+            n = h->len;
+            memcpy(out, h->b, n);
+        }
+    }
+    pthread_mutex_unlock(&za->mu);
+    return n;
+}
+
+/* Keep the head of unit row u0, whose stored bytes (all of its head at least) are src[0, len). */
+static void head_put(ans_zarray *za, uint64_t u0, uint64_t off, uint64_t nb, const uint8_t *src,
+                     size_t len)
+{
+    if (!za->nheads) return;
+    pthread_mutex_lock(&za->mu);
+    int have = za->heads && za->heads[u0 % za->nheads].key == u0 + 1 &&
+               za->heads[u0 % za->nheads].off == off && za->heads[u0 % za->nheads].nb == nb;
+    pthread_mutex_unlock(&za->mu);
+    size_t hl;
+    if (have || ans_zchain_head_len(za->uchain, src, len, &hl) != ANS_OK || hl > ANS_ZHEAD_MAX)
+        return;
+    pthread_mutex_lock(&za->mu);
+    if (!za->heads) {
+        /* calloc'd pages only count once written: the memory grows with the units read */
+        za->heads = ans_calloc(za->nheads, sizeof *za->heads);
+        if (!za->heads) za->nheads = 0; /* no cache: units are read whole */
+    }
+    if (za->heads) {
+        struct ans_zhead *h = &za->heads[u0 % za->nheads];
+        h->key = u0 + 1;
+        h->off = off;
+        h->nb = nb;
+        h->len = (uint32_t)hl;
+        memcpy(h->b, src, hl);
+    }
+    pthread_mutex_unlock(&za->mu);
+}
+
 /* Shard grid coordinates of linear shard id. */
 static void shard_coords(const ans_zarray *za, uint64_t id, uint64_t *sc)
 {
@@ -296,6 +356,7 @@ typedef struct zread {
     ans_zws **ws;
     int nws;
     int advise; /* only tell the store which bytes will be read (ans_kv_advise) */
+    int trim;   /* read units in part where their cached blosc heads allow (see head_get) */
 } zread;
 
 static int rd_ws(zread *rd, int slot, ans_zws **out)
@@ -344,8 +405,24 @@ static int unit_error(const ans_zarray *za, const uint64_t *c)
 
 static const uint8_t k_empty[1] = {0}; /* the bytes of a stored unit of 0 bytes */
 
-/* Decode one unit (src NULL: missing -> fill) and scatter it to its pieces. */
-static int rd_unit(zread *rd, ans_zws *ws, const zjob *job, const uint8_t *src, size_t len)
+/* Unit bytes [*lo, *hi) that the pieces of a job need (units spanning whole rows). */
+static void job_need(const zread *rd, const zjob *job, uint64_t *lo, uint64_t *hi)
+{
+    const zurow *ur = &rd->urows[job->urow];
+    uint64_t r0 = UINT64_MAX, r1 = 0;
+    for (size_t p = ur->p0; p < ur->p1; p++) {
+        const zpiece *pc = &rd->pieces[p];
+        if (pc->r0 < r0) r0 = pc->r0;
+        if (pc->r0 + pc->n > r1) r1 = pc->r0 + pc->n;
+    }
+    *lo = r0 * rd->za->base.row_bytes;
+    *hi = r1 * rd->za->base.row_bytes;
+}
+
+/* Decode one unit (src NULL: missing -> fill) and scatter it to its pieces. Of its len stored
+ * bytes, only the head and [w0, w1) were read when that is not [0, len) (see run_trim). */
+static int rd_unit(zread *rd, ans_zws *ws, const zjob *job, const uint8_t *src, size_t len,
+                   uint64_t w0, uint64_t w1)
 {
     ans_zarray *za = rd->za;
     const zurow *ur = &rd->urows[job->urow];
@@ -361,7 +438,8 @@ static int rd_unit(zread *rd, ans_zws *ws, const zjob *job, const uint8_t *src, 
             return ANS_OK;
         }
         size_t direct = SIZE_MAX;
-        for (size_t p = ur->p0; p < ur->p1 && !conv; p++)
+        int part = w0 > 0 || w1 < len; /* then some pieces need only part of the unit */
+        for (size_t p = ur->p0; p < ur->p1 && !conv && !part; p++)
             if (rd->pieces[p].r0 == 0 && rd->pieces[p].n == za->unit[0]) {
                 direct = p;
                 break;
@@ -379,14 +457,9 @@ static int rd_unit(zread *rd, ans_zws *ws, const zjob *job, const uint8_t *src, 
         } else {
             /* No piece takes the whole unit: decode only the part the pieces need (blosc
              * decodes just the blocks holding it). */
-            uint64_t r0 = UINT64_MAX, r1 = 0;
-            for (size_t p = ur->p0; p < ur->p1; p++) {
-                const zpiece *pc = &rd->pieces[p];
-                if (pc->r0 < r0) r0 = pc->r0;
-                if (pc->r0 + pc->n > r1) r1 = pc->r0 + pc->n;
-            }
-            lo = r0 * rb;
-            if (ans_zchain_decode_range(za->uchain, ws, src, len, lo, r1 * rb, &res) < 0)
+            uint64_t hi;
+            job_need(rd, job, &lo, &hi);
+            if (ans_zchain_decode_range_in(za->uchain, ws, src, len, lo, hi, w0, w1, &res) < 0)
                 return unit_error(za, c);
         }
         for (size_t p = ur->p0; p < ur->p1; p++) {
@@ -418,6 +491,46 @@ static int rd_unit(zread *rd, ans_zws *ws, const zjob *job, const uint8_t *src, 
     return ANS_OK;
 }
 
+/* How a sharded run is read: from byte c0 of its first unit (whose head, hlen bytes, comes from
+ * the cache then) to byte c1 of its last; [0, first unit's size) to [0, last unit's size) reads it
+ * whole. Only the first and the last unit can be cut: the ones between are read anyway. */
+typedef struct ztrim {
+    uint64_t c0, c1;
+    size_t hlen;
+    uint8_t head[ANS_ZHEAD_MAX];
+} ztrim;
+
+static void run_trim(const zread *rd, const zrun *run, ztrim *t)
+{
+    ans_zarray *za = rd->za;
+    const zjob *first = &rd->jobs[rd->order[run->j0]];
+    const zjob *last = &rd->jobs[rd->order[run->j0 + run->n - 1]];
+    t->c0 = 0;
+    t->c1 = last->nb;
+    t->hlen = 0;
+    if (!rd->trim || first->missing) return;
+    uint64_t lo, hi, a, e;
+    size_t hl = head_get(za, rd->urows[first->urow].u0, first->off, first->nb, t->head);
+    if (hl) {
+        job_need(rd, first, &lo, &hi);
+        if (ans_zchain_span(za->uchain, t->head, hl, (size_t)first->nb, lo, hi, &a, &e) ==
+            ANS_OK) {
+            t->c0 = a;
+            t->hlen = hl;
+            if (run->n == 1) t->c1 = e;
+        }
+    }
+    if (run->n > 1) {
+        uint8_t head[ANS_ZHEAD_MAX];
+        hl = head_get(za, rd->urows[last->urow].u0, last->off, last->nb, head);
+        if (hl) {
+            job_need(rd, last, &lo, &hi);
+            if (ans_zchain_span(za->uchain, head, hl, (size_t)last->nb, lo, hi, &a, &e) == ANS_OK)
+                t->c1 = e;
+        }
+    }
+}
+
 static int rd_run(void *ctx, size_t i, int slot)
 {
     zread *rd = ctx;
@@ -427,26 +540,34 @@ static int rd_run(void *ctx, size_t i, int slot)
     ANS_TRY(rd_ws(rd, slot, &ws));
     const zjob *first = &rd->jobs[rd->order[run->j0]];
     if (za->shard) {
-        if (first->missing) return rd_unit(rd, ws, first, NULL, 0);
+        if (first->missing) return rd_unit(rd, ws, first, NULL, 0, 0, 0);
         const zjob *last = &rd->jobs[rd->order[run->j0 + run->n - 1]];
         uint64_t span = last->off + last->nb - first->off;
         if (span > SIZE_MAX) return ans_err(ANS_ENOMEM, "shard read too large");
         ANS_TRY(ans_buf_resize(&ws->raw, (size_t)span));
+        ztrim t;
+        run_trim(rd, run, &t);
+        uint64_t rs = t.c0, re = last->off - first->off + t.c1; /* bytes read, from first->off */
         uint64_t sc[ANS_MAX_NDIM];
         char key[ANS_ZKEY_MAX];
         shard_coords(za, rd->shard_ids[first->shard], sc);
         ANS_TRY(ans_zkey(za, sc, key, sizeof key));
-        int rc = ans_kv_get_range(ans_zstore_kv(za->zs), key, first->off, span, ws->raw.data);
+        int rc = ans_kv_get_range(ans_zstore_kv(za->zs), key, first->off + rs, re - rs,
+                                  ws->raw.data ? ws->raw.data + rs : NULL);
         if (rc < 0) {
             if (rc == ANS_ENOTFOUND) rc = ans_err(ANS_ECORRUPT, "shard vanished while reading");
             return ans_err_prefix("%s: %s: shard '%s'", za_store(za), za->base.path,
                                   key + strlen(za->prefix));
         }
+        if (t.hlen) memcpy(ws->raw.data, t.head, t.hlen); /* c0 >= hlen: after the head */
         for (size_t k = 0; k < run->n; k++) {
             const zjob *job = &rd->jobs[rd->order[run->j0 + k]];
             /* never NULL for a stored unit (NULL means missing), even when it is 0 bytes */
             const uint8_t *at = ws->raw.data ? ws->raw.data + (job->off - first->off) : k_empty;
-            ANS_TRY(rd_unit(rd, ws, job, at, (size_t)job->nb));
+            uint64_t w0 = k == 0 ? t.c0 : 0, w1 = k == run->n - 1 ? t.c1 : job->nb;
+            ANS_TRY(rd_unit(rd, ws, job, at, (size_t)job->nb, w0, w1));
+            if (rd->trim && w0 == 0 && w1 == job->nb) /* read whole: keep its head */
+                head_put(za, rd->urows[job->urow].u0, job->off, job->nb, at, (size_t)job->nb);
         }
         return ANS_OK;
     }
@@ -455,12 +576,13 @@ static int rd_run(void *ctx, size_t i, int slot)
     unit_coords(za, rd->urows[first->urow].u0, first->col, c);
     ANS_TRY(ans_zkey(za, c, key, sizeof key));
     int rc = ans_kv_get(ans_zstore_kv(za->zs), key, &ws->raw, 0);
-    if (rc == ANS_ENOTFOUND) return rd_unit(rd, ws, first, NULL, 0);
+    if (rc == ANS_ENOTFOUND) return rd_unit(rd, ws, first, NULL, 0, 0, 0);
     if (rc < 0) return ans_err_prefix("%s: %s: chunk '%s'", za_store(za), za->base.path,
                                       key + strlen(za->prefix));
     /* an empty chunk file is present, not missing: never pass NULL for it (a fresh workspace's
      * buffer is NULL) */
-    return rd_unit(rd, ws, first, ws->raw.data ? ws->raw.data : k_empty, ws->raw.len);
+    size_t len = ws->raw.len;
+    return rd_unit(rd, ws, first, ws->raw.data ? ws->raw.data : k_empty, len, 0, len);
 }
 
 static int rd_fetch_shard(void *ctx, size_t i, int slot)
@@ -618,9 +740,11 @@ static void rd_advise(const zread *rd, size_t nruns)
         char key[ANS_ZKEY_MAX];
         if (za->shard) {
             const zjob *last = &rd->jobs[rd->order[run->j0 + run->n - 1]];
+            ztrim t;
+            run_trim(rd, run, &t);
             shard_coords(za, rd->shard_ids[first->shard], c);
             if (ans_zkey(za, c, key, sizeof key) == ANS_OK)
-                ans_kv_advise(kv, key, first->off, last->off + last->nb - first->off);
+                ans_kv_advise(kv, key, first->off + t.c0, last->off + t.c1 - first->off - t.c0);
         } else {
             unit_coords(za, rd->urows[first->urow].u0, first->col, c);
             if (ans_zkey(za, c, key, sizeof key) == ANS_OK) ans_kv_advise(kv, key, 0, 0);
@@ -806,6 +930,7 @@ static int za_run(zread *rdp, zpiece *pieces, size_t np, int sorted)
     }
     rd.order = order;
     rd.runs = runs;
+    rd.trim = za->shard && rd.fullrows && za->nheads > 0;
     if (rd.advise)
         rd_advise(&rd, nruns);
     else
@@ -1144,6 +1269,7 @@ static void za_free(ans_array *a)
     for (int i = 0; i < za->ncache; i++)
         if (--za->cache[i]->refs == 0) idx_free(za->cache[i]);
     pthread_mutex_destroy(&za->mu);
+    free(za->heads);
     ans_json_free(za->codecs_json);
     free(za->shard);
     free(za->fill_str);
@@ -1192,6 +1318,14 @@ int ans_zarray_open(ans_zstore *zs, const char *path, const ans_json *meta, ans_
     if (rc < 0) {
         za_free(&za->base);
         return rc;
+    }
+    if (za->shard) { /* the head cache: one slot per unit row, up to ANS_ZHEAD_SLOTS */
+        int fullrows = 1;
+        for (int d = 1; d < za->nd; d++)
+            if (za->unit[d] != za->shp[d]) fullrows = 0;
+        za->nheads = fullrows ? (za->ugrid[0] < ANS_ZHEAD_SLOTS ? (size_t)za->ugrid[0]
+                                                                : ANS_ZHEAD_SLOTS)
+                              : 0;
     }
     *out = &za->base;
     return ANS_OK;

@@ -625,19 +625,53 @@ int ans_zchain_decode(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, siz
     return ANS_OK;
 }
 
+/* The unit is a bare blosc frame of the decoded unit's bytes. */
+static int blosc_only(const ans_zchain *ch)
+{
+    return !ch->transpose && !ch->swap && ch->nbb == 1 && ch->bb[0].kind == ANS_ZBB_BLOSC &&
+           ch->nbytes <= SIZE_MAX;
+}
+
+int ans_zchain_head_len(const ans_zchain *ch, const uint8_t *src, size_t len, size_t *hlen)
+{
+    *hlen = 0;
+    if (!blosc_only(ch)) return ANS_EUNSUPPORTED;
+    return ans_blosc_head_len(src, len, hlen);
+}
+
+int ans_zchain_span(const ans_zchain *ch, const uint8_t *head, size_t hlen, size_t len,
+                    uint64_t lo, uint64_t hi, uint64_t *c0, uint64_t *c1)
+{
+    if (!blosc_only(ch)) return ANS_EUNSUPPORTED;
+    size_t a, e;
+    ANS_TRY(ans_blosc_span(head, hlen, len, (size_t)ch->nbytes, (size_t)lo, (size_t)hi, &a, &e));
+    *c0 = a;
+    *c1 = e;
+    return ANS_OK;
+}
+
 int ans_zchain_decode_range(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
                             uint64_t lo, uint64_t hi, const uint8_t **result)
 {
-    if (lo < hi && hi <= ch->nbytes && !ch->transpose && !ch->swap && ch->nbb == 1 &&
-        ch->bb[0].kind == ANS_ZBB_BLOSC) {
+    return ans_zchain_decode_range_in(ch, ws, src, len, lo, hi, 0, len, result);
+}
+
+int ans_zchain_decode_range_in(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
+                               uint64_t lo, uint64_t hi, uint64_t w0, uint64_t w1,
+                               const uint8_t **result)
+{
+    int part = w0 > 0 || w1 < len;
+    if (lo < hi && hi <= ch->nbytes && blosc_only(ch)) {
         ANS_TRY(ans_buf_reserve(&ws->chunk, (size_t)(hi - lo)));
-        int rc = ans_blosc_decode_range(src, len, (size_t)ch->nbytes, (size_t)lo, (size_t)hi,
-                                        ws->chunk.data, &ws->tmp[0]);
+        int rc = ans_blosc_decode_range_in(src, len, (size_t)ch->nbytes, (size_t)lo, (size_t)hi,
+                                           (size_t)w0, (size_t)w1, ws->chunk.data, &ws->tmp[0]);
         if (rc == ANS_OK) {
             *result = ws->chunk.data;
             return ANS_OK;
         }
-        if (rc != ANS_EUNSUPPORTED) return rc;
+        if (rc != ANS_EUNSUPPORTED || part) return rc;
+    } else if (part) {
+        return ans_err(ANS_EINVAL, "internal: a part of a unit that is not one blosc frame");
     }
     const uint8_t *res = NULL;
     ANS_TRY(ans_zchain_decode(ch, ws, src, len, NULL, &res));
