@@ -58,6 +58,16 @@ static int ans_t_failed_checks;
         }                                                                                          \
     } while (0)
 
+/* xorshift64: a small deterministic generator for test inputs (the state must not be 0). */
+static inline uint64_t rng_next(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *s = x;
+}
+
 typedef struct ans_t_case {
     const char *name;
     void (*fn)(void);

@@ -14,14 +14,6 @@
 
 /* ---- helpers --------------------------------------------------------------------------------- */
 
-static uint64_t rng_next(uint64_t *s)
-{
-    uint64_t x = *s;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *s = x;
-}
 
 /* kind 0: compressible (small counters, like sparse indices); 1: random (blosc stores it raw). */
 static uint8_t *make_data(size_t n, int kind, uint64_t seed)
@@ -416,6 +408,137 @@ static void test_blosc_range(void)
     free(rnd);
     free(enc);
     free(dec);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Decode [lo, hi) of frame `enc` (elen bytes, decoding to m) from a copy in which only its head and
+ * the span ans_blosc_span gives hold the frame's bytes (the rest is junk); 1 when it matched `want`,
+ * 0 when the part needed every block (no span), -1 on a failure. */
+static int span_roundtrip(const uint8_t *enc, size_t elen, size_t m, size_t lo, size_t hi,
+                          const uint8_t *want, uint8_t *junk, uint8_t *dec, ans_buf *scratch)
+{
+    size_t hl = 0, c0 = 0, c1 = 0;
+    if (ans_blosc_head_len(enc, elen, &hl) != ANS_OK) return -1;
+    int rc = ans_blosc_span(enc, hl, elen, m, lo, hi, &c0, &c1);
+    if (rc == ANS_EUNSUPPORTED) return 0;
+    if (rc != ANS_OK || c0 < hl || c1 > elen || c0 >= c1) return -1;
+    memset(junk, 0xEE, elen);
+    memcpy(junk, enc, hl);
+    memcpy(junk + c0, enc + c0, c1 - c0);
+    if (ans_blosc_decode_range_in(junk, elen, m, lo, hi, c0, c1, dec, scratch) != ANS_OK) return -1;
+    return memcmp(dec, want + lo, hi - lo) == 0 ? 1 : -1;
+}
+
+/* Reading a frame in part: the head alone gives the bytes a part needs (ans_blosc_span), and the
+ * part decodes from them whatever the other bytes hold; also when the blocks are stored out of
+ * order (c-blosc's threads may write them so) and for uncompressed frames. */
+static void test_blosc_span(void)
+{
+    const size_t n = 1 << 20;
+    uint8_t *in = make_data(n, 0, 3), *rnd = make_data(n, 1, 4);
+    uint8_t *enc = malloc(ans_blosc_bound(n)), *dec = malloc(n), *junk = malloc(ans_blosc_bound(n));
+    uint8_t *perm = malloc(ans_blosc_bound(n));
+    ans_buf scratch = {0};
+    uint64_t rs = 7;
+    size_t parts = 0, shorter = 0;
+    static const size_t typesizes[] = {1, 2, 4, 3};
+    for (int shuffle = 0; shuffle <= 1; shuffle++)
+        for (size_t t = 0; t < sizeof typesizes / sizeof *typesizes; t++)
+            for (int reorder = 0; reorder <= 1; reorder++) {
+                size_t m = n - 1000 - (n - 1000) % typesizes[t], elen = 0;
+                CHECK_OK(ans_blosc_encode(in, m, enc, ans_blosc_bound(m), &elen, "lz4", 3, shuffle,
+                                          typesizes[t], 1));
+                uint32_t bs = get32(enc + 8), nbl = (uint32_t)((m + bs - 1) / bs);
+                CHECK(nbl >= 4);
+                const uint8_t *fr = enc;
+                if (reorder) { /* the same blocks stored last to first */
+                    size_t hl = 16 + 4 * (size_t)nbl, pos = hl;
+                    memcpy(perm, enc, hl);
+                    for (uint32_t j = nbl; j-- > 0;) {
+                        size_t a = get32(enc + 16 + 4 * j), e = j + 1 < nbl ? get32(enc + 20 + 4 * j)
+                                                                            : elen;
+                        memcpy(perm + pos, enc + a, e - a);
+                        for (int b = 0; b < 4; b++) perm[16 + 4 * j + b] = (uint8_t)(pos >> (8 * b));
+                        pos += e - a;
+                    }
+                    CHECK(pos == elen);
+                    size_t dl = 0; /* still a valid frame */
+                    CHECK_OK(ans_blosc_decode(NULL, perm, elen, dec, m, &dl));
+                    CHECK(dl == m && memcmp(dec, in, m) == 0);
+                    fr = perm;
+                }
+                for (int k = 0; k < 40; k++) {
+                    size_t lo, hi;
+                    if (k == 0) {
+                        lo = 0, hi = 1;
+                    } else if (k == 1) {
+                        lo = bs - 5, hi = bs + 7;
+                    } else if (k == 2) {
+                        lo = m - 10, hi = m; /* the last, partial block */
+                    } else if (k == 3) {
+                        lo = 0, hi = m; /* every block: no span */
+                    } else {
+                        lo = (size_t)(rng_next(&rs) % (m - 1));
+                        hi = lo + 1 + (size_t)(rng_next(&rs) % (k < 25 ? 5000 : m - lo - 1));
+                        if (hi > m) hi = m;
+                    }
+                    int r = span_roundtrip(fr, elen, m, lo, hi, in, junk, dec, &scratch);
+                    CHECK(r >= 0);
+                    if (r == 0) {
+                        CHECK(lo < bs && hi == m);
+                        continue;
+                    }
+                    parts++;
+                    size_t hl = 0, c0 = 0, c1 = 0;
+                    CHECK_OK(ans_blosc_head_len(fr, elen, &hl));
+                    CHECK_OK(ans_blosc_span(fr, hl, elen, m, lo, hi, &c0, &c1));
+                    if (lo / bs == (hi - 1) / bs) shorter += c1 - c0 <= elen / 2;
+                }
+            }
+    CHECK(parts > 250);
+    CHECK(shorter > 50); /* one block of four or more: at most half of the frame */
+    /* a window that misses part of a needed block is refused, not read past */
+    size_t elen = 0, hl = 0, c0 = 0, c1 = 0;
+    CHECK_OK(ans_blosc_encode(in, n, enc, ans_blosc_bound(n), &elen, "lz4", 3, 1, 4, 1));
+    CHECK_OK(ans_blosc_head_len(enc, elen, &hl));
+    CHECK(hl == 16 + 4 * 4);
+    CHECK_OK(ans_blosc_span(enc, hl, elen, n, 300000, 300004, &c0, &c1));
+    CHECK(c0 == get32(enc + 20) && c1 == get32(enc + 24));
+    CHECK_RC(ans_blosc_decode_range_in(enc, elen, n, 300000, 300004, c0 + 1, c1, dec, &scratch),
+             ANS_ECORRUPT);
+    CHECK_RC(ans_blosc_decode_range_in(enc, elen, n, 300000, 300004, c0, c1 - 1, dec, &scratch),
+             ANS_ECORRUPT);
+    CHECK_STR_CONTAINS(ans_error_last(), "block 1");
+    CHECK_RC(ans_blosc_span(enc, hl - 1, elen, n, 300000, 300004, &c0, &c1), ANS_EINVAL);
+    CHECK_RC(ans_blosc_span(enc, hl, elen, n - 4, 0, 4, &c0, &c1), ANS_ECORRUPT);
+    /* other codecs and bit shuffle have no head to read apart, and no part of them is decoded */
+    CHECK_OK(ans_blosc_encode(in, n, enc, ans_blosc_bound(n), &elen, "zstd", 3, 1, 4, 1));
+    CHECK_RC(ans_blosc_head_len(enc, elen, &hl), ANS_EUNSUPPORTED);
+    CHECK_RC(ans_blosc_span(enc, elen, elen, n, 0, 4, &c0, &c1), ANS_EUNSUPPORTED);
+    CHECK_RC(ans_blosc_decode_range_in(enc, elen, n, 0, 4, 0, elen - 1, dec, &scratch), ANS_EINVAL);
+    CHECK_OK(ans_blosc_encode(in, n, enc, ans_blosc_bound(n), &elen, "lz4", 3, 2, 4, 1));
+    CHECK_RC(ans_blosc_head_len(enc, elen, &hl), ANS_EUNSUPPORTED);
+    /* an uncompressed frame: the head is its header, a part is the bytes themselves */
+    CHECK_OK(ans_blosc_encode(rnd, n, enc, ans_blosc_bound(n), &elen, "lz4", 5, 0, 1, 1));
+    CHECK(enc[2] & BLOSC_MEMCPYED);
+    CHECK_OK(ans_blosc_head_len(enc, elen, &hl));
+    CHECK(hl == 16);
+    CHECK_OK(ans_blosc_span(enc, hl, elen, n, 3, 1001, &c0, &c1));
+    CHECK(c0 == 19 && c1 == 1017);
+    CHECK(span_roundtrip(enc, elen, n, 3, 1001, rnd, junk, dec, &scratch) == 1);
+    CHECK_RC(ans_blosc_decode_range_in(enc, elen, n, 3, 1001, 20, 1017, dec, &scratch),
+             ANS_ECORRUPT);
+    ans_buf_free(&scratch);
+    free(in);
+    free(rnd);
+    free(enc);
+    free(dec);
+    free(junk);
+    free(perm);
 }
 
 static void test_blosc_encode_args(void)
@@ -993,6 +1116,7 @@ ANS_TEST_MAIN({"crc32c_known", test_crc32c_known}, {"crc32c_random", test_crc32c
               {"vlen_fixed", test_vlen_fixed}, {"vlen_corrupt", test_vlen_corrupt},
               {"blosc_roundtrip", test_blosc_roundtrip},
               {"blosc_range", test_blosc_range},
+        {"blosc_span", test_blosc_span},
               {"blosc_encode_args", test_blosc_encode_args}, {"blosc_fixed", test_blosc_fixed},
               {"blosc_corrupt_header", test_blosc_corrupt_header},
               {"blosc_corrupt_blocks", test_blosc_corrupt_blocks}, {"blosc_fuzz", test_blosc_fuzz},

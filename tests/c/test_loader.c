@@ -175,14 +175,6 @@ static int same_run(const run *a, const run *b)
 
 static run g_r1, g_r2;
 
-static uint64_t xorshift(uint64_t *st)
-{
-    uint64_t x = *st;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    return *st = x;
-}
 
 /* ---- tests ---------------------------------------------------------------------------------- */
 
@@ -717,7 +709,7 @@ static void test_random_ops(void)
     ans_batch *held[16] = {0};
     int bad = 0;
     for (int op = 0; op < 3000; op++) {
-        uint64_t r = xorshift(&rng) % 100;
+        uint64_t r = rng_next(&rng) % 100;
         if (r < 70) {
             ans_batch *b = NULL;
             int rc = ans_loader_next(l, &b);
@@ -734,18 +726,18 @@ static void test_random_ops(void)
             bad += skip + cnt > g_ref[ep].n_rows ||
                    memcmp(ans_batch_rows(b), g_ref[ep].rows + skip, cnt * sizeof(uint64_t)) != 0;
             pos++;
-            size_t slot = (size_t)(xorshift(&rng) % 16);
+            size_t slot = (size_t)(rng_next(&rng) % 16);
             ans_batch_release(held[slot]); /* out of order releases */
             held[slot] = b;
         } else if (r < 85) {
-            pos = xorshift(&rng) % (nb + 1);
+            pos = rng_next(&rng) % (nb + 1);
             CHECK_OK(ans_loader_seek(l, pos));
         } else if (r < 95) {
-            ep = xorshift(&rng) % 3;
+            ep = rng_next(&rng) % 3;
             pos = 0;
             CHECK_OK(ans_loader_set_epoch(l, ep));
         } else {
-            size_t slot = (size_t)(xorshift(&rng) % 16);
+            size_t slot = (size_t)(rng_next(&rng) % 16);
             ans_batch_release(held[slot]);
             held[slot] = NULL;
         }
@@ -780,10 +772,10 @@ static void test_read_ranges_into(void)
                 uint64_t n_obs = ans_element_shape(e)[0];
                 ans_range ranges[6], scratch[6];
                 int64_t rows[600];
-                size_t nr = 1 + (size_t)(xorshift(&rng) % 6), k = 0;
+                size_t nr = 1 + (size_t)(rng_next(&rng) % 6), k = 0;
                 for (size_t i = 0; i < nr; i++) {
-                    uint64_t a = xorshift(&rng) % n_obs;
-                    uint64_t c = xorshift(&rng) % 100;
+                    uint64_t a = rng_next(&rng) % n_obs;
+                    uint64_t c = rng_next(&rng) % 100;
                     if (c > n_obs - a) c = n_obs - a;
                     ranges[i] = (ans_range){a, c}; /* empty ranges allowed here */
                     for (uint64_t q = 0; q < c; q++) rows[k++] = (int64_t)(a + q);

@@ -684,6 +684,126 @@ static void test_shard_corrupt(void)
     read_bad_shard(shard, 68, ANS_ECORRUPT, "inner chunk");
 }
 
+/* Reading sharded blosc units in part. Once a unit's head (header and block-start table) has been
+ * read, a later read that needs only some of its blocks reads just those bytes and puts the cached
+ * head in front of them. Shown here by damaging what such a read must skip: the head of the first
+ * unit of a read (in place, same size: the shard index still matches), and the tail of the last
+ * unit of a shard (truncated away; the shard index is cached). Reads that need those bytes fail. */
+/* out[q] == first + q for q < n */
+static int floats_from(const float *out, uint64_t n, uint64_t first)
+{
+    for (uint64_t q = 0; q < n; q++)
+        if (out[q] != (float)(first + q)) return 0;
+    return 1;
+}
+
+#define PART_U 262144 /* float32 values per unit: 1 MiB, 4 lz4 blocks of 256 KiB at clevel 3 */
+static void test_shard_blosc_part(void)
+{
+    char dir[4200], path[4300];
+    CHECK(tmpdir(dir, sizeof dir) == 0);
+    put_s(dir, "zarr.json", V3_GROUP);
+    char shape[64], codecs[1024];
+    snprintf(shape, sizeof shape, "[%d]", 4 * PART_U);
+    snprintf(codecs, sizeof codecs,
+             "[{\"name\":\"sharding_indexed\",\"configuration\":{\"chunk_shape\":[%d],"
+             "\"codecs\":[{\"name\":\"bytes\",\"configuration\":{\"endian\":\"little\"}},"
+             "{\"name\":\"blosc\",\"configuration\":{\"typesize\":4,\"cname\":\"lz4\","
+             "\"clevel\":3,\"shuffle\":\"shuffle\",\"blocksize\":0}}],"
+             "\"index_codecs\":[{\"name\":\"bytes\",\"configuration\":{\"endian\":\"little\"}},"
+             "{\"name\":\"crc32c\"}],\"index_location\":\"start\"}}]",
+             PART_U);
+    put_v3(dir, "a", shape, "\"float32\"", shape, "0", codecs, NULL);
+    /* the shard: index (4 x 16 bytes + CRC) first, then the 4 units */
+    size_t ub = (size_t)PART_U * 4, cap = 68 + 4 * ans_blosc_bound(ub), len = 68;
+    float *v = malloc(4 * ub);
+    uint8_t *shard = malloc(cap);
+    uint64_t off[4], nb[4];
+    uint32_t bstart1[4] = {0}; /* where each unit's block 1 starts */
+    if (!v || !shard) return;
+    for (size_t i = 0; i < 4 * (size_t)PART_U; i++) v[i] = (float)i;
+    for (int u = 0; u < 4; u++) {
+        size_t el = 0;
+        CHECK_OK(ans_blosc_encode(v + (size_t)u * PART_U, ub, shard + len, cap - len, &el, "lz4",
+                                  3, 1, 4, 1));
+        off[u] = len;
+        nb[u] = el;
+        bstart1[u] = (uint32_t)shard[len + 20] | (uint32_t)shard[len + 21] << 8 |
+                     (uint32_t)shard[len + 22] << 16 | (uint32_t)shard[len + 23] << 24;
+        CHECK(shard[len + 8] == 0 && shard[len + 9] == 0 && shard[len + 10] == 4); /* 256 KiB */
+        wr64(shard + 16 * u, off[u]);
+        wr64(shard + 16 * u + 8, nb[u]);
+        len += el;
+    }
+    wr32(shard + 64, ans_crc32c(0, shard, 64));
+    put(dir, "a/c/0", shard, len);
+    snprintf(path, sizeof path, "%s/a/c/0", dir);
+
+    ans_pool *pool = NULL;
+    CHECK_OK(ans_pool_new(&pool, 2));
+    ans_container *c = open_zarr(dir, pool);
+    ans_array *a = open_arr(c, "a");
+    float *out = malloc(3 * 4 * ub); /* room for the largest set of ranges below */
+    if (a && out) {
+        /* random sets of ranges, twice: the second time most units are read in part */
+        uint64_t rs = 5;
+        for (int pass = 0; pass < 2; pass++)
+            for (int t = 0; t < 30; t++) {
+                ans_range r[6];
+                uint64_t total = 0;
+                for (int k = 0; k < 6; k++) {
+                    r[k].start = rng_next(&rs) % (4 * (uint64_t)PART_U - 1);
+                    uint64_t room = 4 * (uint64_t)PART_U - r[k].start;
+                    r[k].count = 1 + rng_next(&rs) % (k < 3 ? 5000 : (room < 700000 ? room : 700000));
+                    if (r[k].count > room) r[k].count = room;
+                    total += r[k].count;
+                }
+                memset(out, 0xFF, (size_t)total * 4);
+                CHECK_OK(a->ops->read(a, r, 6, out));
+                uint64_t at = 0;
+                int good = 1;
+                for (int k = 0; k < 6; k++) {
+                    good &= floats_from(out + at, r[k].count, r[k].start);
+                    at += r[k].count;
+                }
+                CHECK(good);
+            }
+        /* unit 1 was read whole above (head cached): damage its head in place */
+        int fd = open(path, O_WRONLY);
+        CHECK(fd >= 0);
+        uint8_t junk[48];
+        memset(junk, 0xEE, sizeof junk);
+        CHECK(pwrite(fd, junk, sizeof junk, (off_t)off[1]) == (ssize_t)sizeof junk);
+        ans_range r1 = {PART_U + 70000, 100000}; /* blocks 1 and 2 of unit 1 */
+        CHECK_OK(a->ops->read(a, &r1, 1, out));
+        CHECK(floats_from(out, 100000, PART_U + 70000));
+        /* the end of unit 1 and the start of unit 2: one read, unit 1 cut at its start */
+        ans_range r2 = {2 * (uint64_t)PART_U - 10, 20};
+        CHECK_OK(a->ops->read(a, &r2, 1, out));
+        CHECK(floats_from(out, 20, 2 * (uint64_t)PART_U - 10));
+        /* the end of unit 0 and the start of unit 1: unit 1's head is read with it */
+        ans_range r3 = {PART_U - 10, 20};
+        CHECK_RC(a->ops->read(a, &r3, 1, out), ANS_ECORRUPT);
+        CHECK_STR_CONTAINS(ans_error_last(), "inner chunk '1'");
+        /* cut the shard inside unit 3's block 1: block 0 still reads, block 1 does not */
+        CHECK(ftruncate(fd, (off_t)(off[3] + bstart1[3] + 10)) == 0);
+        close(fd);
+        ans_range r4 = {3 * (uint64_t)PART_U + 5, 1000};
+        CHECK_OK(a->ops->read(a, &r4, 1, out));
+        CHECK(floats_from(out, 1000, 3 * (uint64_t)PART_U + 5));
+        ans_range r5 = {3 * (uint64_t)PART_U + 65536, 10};
+        CHECK(a->ops->read(a, &r5, 1, out) < 0);
+        CHECK_STR_CONTAINS(ans_error_last(), path);
+        ans_array_free(a);
+    }
+    free(out);
+    ans_container_free(c);
+    ans_pool_free(pool);
+    free(v);
+    free(shard);
+    rm_rf(dir);
+}
+
 static void test_shard_missing(void)
 {
     /* No shard at all: everything is fill. */
@@ -1472,6 +1592,7 @@ int main(int argc, char **argv)
         {"shard_index_start", test_shard_index_start},
         {"shard_corrupt", test_shard_corrupt},
         {"shard_missing", test_shard_missing},
+        {"shard_blosc_part", test_shard_blosc_part},
         {"concurrent_reads", test_concurrent_reads},
         {"v2_big_endian_and_missing", test_v2_big_endian_and_missing},
         {"v2_fill_nan_u64", test_v2_fill_nan_u64},
