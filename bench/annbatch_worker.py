@@ -142,6 +142,25 @@ def idle_load(seconds: float = 0.3) -> float:
     return max(0.0, s1["busy"] - s0["busy"]) / seconds
 
 
+def median_or_none(values: list) -> float | None:
+    """The median of the values that are not None (the upper one of an even count), or None."""
+    v = sorted(x for x in values if x is not None)
+    return v[len(v) // 2] if v else None
+
+
+def read_bytes() -> int | None:
+    """Bytes this process has read through read/pread so far (/proc/self/io rchar: page-cache hits
+    included, so a warm epoch counts too); None where /proc has no io file."""
+    try:
+        with open("/proc/self/io") as f:
+            for line in f:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -163,6 +182,7 @@ def time_epoch(loader, args, base: dict, timed: bool, index: int) -> dict:
         ev["resident_after"] = resident_fraction(args.collection)
     bg = idle_load() if timed else None
     cpu0 = cpu_seconds()
+    rd0 = read_bytes()
     sys0 = system_cpu()
     t_start = time.perf_counter()
     first = None
@@ -182,6 +202,7 @@ def time_epoch(loader, args, base: dict, timed: bool, index: int) -> dict:
             break
     wall = time.perf_counter() - t_start
     own = cpu_seconds() - cpu0
+    rd1 = read_bytes()
     cont = contention(sys0, own, wall)
     rec = {
         **base,
@@ -195,6 +216,7 @@ def time_epoch(loader, args, base: dict, timed: bool, index: int) -> dict:
         "samples_per_s": rows / wall,
         "batches_per_s": batches / wall,
         "cpu_s": own, **cont, "idle_load_before": bg,
+        "read_mb": (rd1 - rd0) / 1e6 if rd0 is not None and rd1 is not None else None,
         "rss_mib": rss_mib(),
         "peak_rss_mib": peak_rss_mib(),
     }
@@ -345,6 +367,7 @@ def run(args) -> int:
             "rows_per_epoch": results[0]["rows"],
             "nnz_per_epoch": results[0]["nnz"],
             "cpu_s_per_epoch": sorted(r["cpu_s"] for r in results)[len(results) // 2],
+            "read_mb_per_epoch": median_or_none([r.get("read_mb") for r in results]),
             "other_cores": sorted(r["other_cores"] or 0 for r in results)[len(results) // 2],
             "steal_cores": sorted(r["steal_cores"] or 0 for r in results)[len(results) // 2],
             "idle_load": sorted(r["idle_load_before"] for r in results)[len(results) // 2],

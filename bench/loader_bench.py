@@ -45,7 +45,7 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from annbatch_worker import evict, idle_load, peak_rss_mib, serve, time_epoch  # noqa: E402  (stdlib only)
+from annbatch_worker import evict, idle_load, median_or_none, peak_rss_mib, serve, time_epoch  # noqa: E402  (stdlib only)
 
 NOT_AVAILABLE = "annstream.Loader not available yet"
 
@@ -143,7 +143,7 @@ def annstream_worker(args) -> int:
         "batches_per_s": med("batches_per_s"), "first_batch_s": med("first_batch_s"),
         "best_samples_per_s": max(r["samples_per_s"] for r in results), "epochs": len(results),
         "rows_per_epoch": results[0]["rows"], "nnz_per_epoch": results[0]["nnz"], "cpu_s_per_epoch": med("cpu_s"), "other_cores": med("other_cores"), "steal_cores": med("steal_cores"),
-        "idle_load": med("idle_load_before"),
+        "idle_load": med("idle_load_before"), "read_mb_per_epoch": median_or_none([r.get("read_mb") for r in results]),
         "rss_before_mib": rss0, "peak_rss_mib": peak_rss_mib(),
         "versions": {"annstream": ver, "python": platform.python_version()},
     })
@@ -571,8 +571,8 @@ def main(argv=None) -> int:
           f"the epoch (cores; other processes, plus kernel I/O work on behalf of the worker in cold runs); 'idle load': the "
           f"same measured over 0.3 s just before the epoch with the worker idle (background load from others); "
           f"collection {coll.name}; obs in batches: {args.obs}; warm page cache: {args.warm_fill}\n")
-    print("| system | chunk x preload | cache | samples/s | best epoch | batches/s | vs annbatch | first batch (ms) | peak RSS (MiB) | CPU s/epoch | other CPU (cores) | idle load (cores) | set-up (s) |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| system | chunk x preload | cache | samples/s | best epoch | batches/s | vs annbatch | first batch (ms) | peak RSS (MiB) | CPU s/epoch | read MB/epoch | other CPU (cores) | idle load (cores) | set-up (s) |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in results:
         cfg = f"{r['chunk_size']}x{r['preload_nchunks']}"
         if r.get("error"):
@@ -588,7 +588,7 @@ def main(argv=None) -> int:
                 ratio += f" (paired {r['paired_ratio']:.2f}x)"
         print(f"| {r['system']} | {cfg} | {r['cache']} | {fmt(r['samples_per_s'])} | {fmt(r.get('best_samples_per_s'))} | "
               f"{fmt(r['batches_per_s'], '.1f')} | {ratio} | {fmt(r['first_batch_s'] * 1000, '.0f')} | {fmt(r['peak_rss_mib'])} | "
-              f"{fmt(r.get('cpu_s_per_epoch'), '.2f')} | {fmt(r.get('other_cores'), '.2f')} | {fmt(r.get('idle_load'), '.2f')} | {fmt(r.get('setup_s'), '.2f')} |")
+              f"{fmt(r.get('cpu_s_per_epoch'), '.2f')} | {fmt(r.get('read_mb_per_epoch'), ',.0f')} | {fmt(r.get('other_cores'), '.2f')} | {fmt(r.get('idle_load'), '.2f')} | {fmt(r.get('setup_s'), '.2f')} |")
     ceil = {key(r): r for r in results if r["system"] == "ceiling" and not r.get("error")}
     if ceil:
         print("\nAgainst the access decode ceiling (bench/decode_ceiling.py --serve, 2 processes that only decompress "
