@@ -17,8 +17,9 @@ delete fuzz/corpus/<target> first to rebuild one from scratch. Total size is kep
   codec_*        frames written by numcodecs (blosc cname x shuffle, zstd, zlib, gzip, lz4,
                  vlen-utf8) and chunk files of real stores
   sparse         CSR / CSC matrices of several dtypes in the target's input layout
-  store_zarr     whole AnnData zarr stores (v2, v2 without .zmetadata, v3, v3 sharded) as archives
-                 of files ("%%NAME\\n" + bytes per file, see fuzz/targets/fuzz_common.h)
+  store_zarr     whole AnnData zarr stores (v2, v2 without .zmetadata, v3, v3 sharded, v3 sharded
+                 with several blosc blocks per inner chunk) as archives of files ("%%NAME\\n" +
+                 bytes per file, see fuzz/targets/fuzz_common.h)
   h5             whole small .h5ad files (plain and gzip)
 """
 
@@ -91,6 +92,29 @@ def tiny_rich():
     return a
 
 
+def _write_blosc_blocks(path: Path) -> None:
+    import anndata as ad
+    import scipy.sparse as sp
+    import zarr
+    from zarr.codecs import BloscCodec
+
+    X = sp.random(40, 30, density=0.5, format="csr", dtype=np.float32, random_state=5)
+    a = ad.AnnData(X=X)
+    a.obs_names = [f"c{i}" for i in range(40)]
+    a.var_names = [f"g{i}" for i in range(30)]
+    with ad.settings.override(zarr_write_format=3):
+        a.write_zarr(path)
+    root = zarr.open_group(path, mode="r+")
+    for name in ("data", "indices"):
+        values = root["X"][name][...]
+        del root["X"][name]
+        # 128-value inner chunks (512 bytes), blocks of 128 bytes: 4 per chunk, 4 chunks per shard
+        root["X"].create_array(name, data=values, shards=(512,), chunks=(128,),
+                               compressors=BloscCodec(cname="lz4", clevel=5, shuffle="shuffle",
+                                                      blocksize=128))
+    zarr.consolidate_metadata(path)
+
+
 def write_all_stores(tmp: Path) -> tuple[list[Path], list[Path]]:
     """(zarr directories, h5ad files) written by anndata."""
     import anndata as ad
@@ -117,6 +141,11 @@ def write_all_stores(tmp: Path) -> tuple[list[Path], list[Path]]:
                 else:
                     adata.write_h5ad(path, convert_strings_to_categoricals=False)
             h5s.append(path)
+    # X sharded like annbatch writes it (blosc lz4, byte shuffle) in inner chunks of 4 small blosc
+    # blocks each: reading rows in part, after a whole read, reads only the blocks they need
+    path = tmp / "blosc_blocks-zarr3-sharded.zarr"
+    _write_blosc_blocks(path)
+    zarrs.append(path)
     # a v2 store without consolidated metadata, default anndata chunking and compressor
     adata = tiny_rich()
     path = tmp / "tiny_rich-plain.zarr"
