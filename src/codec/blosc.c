@@ -371,18 +371,27 @@ int ans_blosc_head_len(const void *src, size_t srclen, size_t *len)
     return ANS_OK;
 }
 
+/* The head of a frame (validate_head) of which bytes [lo, hi) of the nbytes it decodes to are
+ * wanted. */
+static int part_head(const uint8_t *s, size_t avail, size_t srclen, size_t nbytes, size_t lo,
+                     size_t hi, blosc_hdr *h)
+{
+    ANS_TRY(validate_head(s, avail, srclen, h));
+    if (h->nbytes != nbytes)
+        return ans_err(ANS_ECORRUPT, "blosc: frame decodes to %" PRIu32 " bytes, expected %zu",
+                       h->nbytes, nbytes);
+    if (lo >= hi || hi > nbytes)
+        return ans_err(ANS_EINVAL, "blosc: bytes [%zu, %zu) are not inside the %zu decoded", lo,
+                       hi, nbytes);
+    return ANS_OK;
+}
+
 int ans_blosc_span(const void *head, size_t headlen, size_t srclen, size_t nbytes, size_t lo,
                    size_t hi, size_t *c0, size_t *c1)
 {
     blosc_hdr h = {0};
     const uint8_t *s = head;
-    ANS_TRY(validate_head(s, headlen, srclen, &h));
-    if (h.nbytes != nbytes)
-        return ans_err(ANS_ECORRUPT, "blosc: frame decodes to %" PRIu32 " bytes, expected %zu",
-                       h.nbytes, nbytes);
-    if (lo >= hi || hi > nbytes)
-        return ans_err(ANS_EINVAL, "blosc: bytes [%zu, %zu) are not inside the %zu decoded", lo,
-                       hi, nbytes);
+    ANS_TRY(part_head(s, headlen, srclen, nbytes, lo, hi, &h));
     if (h.flags & BLOSC_MEMCPYED) {
         *c0 = HDR + lo;
         *c1 = HDR + hi;
@@ -420,13 +429,7 @@ int ans_blosc_decode_range_in(const void *src, size_t srclen, size_t nbytes, siz
     blosc_hdr h = {0};
     const uint8_t *s = src;
     /* the head is read in any case: from the frame, or put back in front of the bytes read */
-    ANS_TRY(validate_head(s, srclen, srclen, &h));
-    if (h.nbytes != nbytes)
-        return ans_err(ANS_ECORRUPT, "blosc: frame decodes to %" PRIu32 " bytes, expected %zu",
-                       h.nbytes, nbytes);
-    if (lo >= hi || hi > nbytes)
-        return ans_err(ANS_EINVAL, "blosc: bytes [%zu, %zu) are not inside the %zu decoded", lo,
-                       hi, nbytes);
+    ANS_TRY(part_head(s, srclen, srclen, nbytes, lo, hi, &h));
     int whole = w0 == 0 && w1 >= srclen;
     if (!whole && (w0 > w1 || w1 > srclen))
         return ans_err(ANS_EINVAL, "blosc: bytes [%zu, %zu) are not inside the %zu-byte frame",
