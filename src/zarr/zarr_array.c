@@ -137,8 +137,8 @@ static void head_put(ans_zarray *za, uint64_t u0, uint64_t off, uint64_t nb, con
 {
     if (!za->nheads) return;
     pthread_mutex_lock(&za->mu);
-    int have = za->heads && za->heads[u0 % za->nheads].key == u0 + 1 &&
-               za->heads[u0 % za->nheads].off == off && za->heads[u0 % za->nheads].nb == nb;
+    const struct ans_zhead *cur = za->heads ? &za->heads[u0 % za->nheads] : NULL;
+    int have = cur && cur->key == u0 + 1 && cur->off == off && cur->nb == nb;
     pthread_mutex_unlock(&za->mu);
     size_t hl;
     if (have || ans_zchain_head_len(za->uchain, src, len, &hl) != ANS_OK || hl > ANS_ZHEAD_MAX)
