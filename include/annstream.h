@@ -289,6 +289,30 @@ typedef struct ans_batch ans_batch;
 /* mask_stop value meaning "up to the last row". */
 #define ANS_LOADER_MASK_END UINT64_MAX
 
+/**
+ * Page-locking ("pinning") of batch memory, so that an accelerator can copy batches asynchronously
+ * straight out of the loader's buffers (e.g. cudaHostRegister / cudaHostUnregister). With pinning
+ * set, every buffer a batch hands out (values, indices, indptr, rows) is page-aligned, a whole
+ * number of pages long, shares no page with any other allocation, and is pinned once when its slot
+ * allocates or grows it (not per batch); it is unpinned just before it is freed or replaced.
+ * - pin(user, ptr, size): returns 0 once [ptr, ptr + size) is pinned, else a nonzero code (the
+ *   batch fails with ANS_ENOMEM naming the size and the code). Called from the loader's threads,
+ *   possibly several at once: it must be thread-safe.
+ * - unpin(user, ptr): undoes a successful pin. Called from whichever thread frees the buffer
+ *   (the producer, ans_loader_free or the last ans_batch_release); never in a forked child.
+ * - release(user) (may be NULL): called once when the loader's memory is gone (ans_loader_free and
+ *   every batch released), after the last unpin; the loader owns `user` from a successful
+ *   ans_loader_new on (on failure the caller keeps it).
+ * Pinned memory is the loader's batch slots: about (prefetch + 1) loads of batches plus the batches
+ * the consumer holds.
+ */
+typedef struct ans_host_pinning {
+    int (*pin)(void *user, void *ptr, size_t size);
+    void (*unpin)(void *user, void *ptr);
+    void (*release)(void *user);
+    void *user;
+} ans_host_pinning;
+
 typedef struct ans_loader_options {
     unsigned version;         /* ANS_LOADER_OPTIONS_VERSION */
     const char *key;          /* element to stream; "X" by default (NULL also means "X") */
@@ -316,12 +340,15 @@ typedef struct ans_loader_options {
     int return_index;         /* nonzero: batches carry their global row indices */
     int custom_plans;         /* nonzero: the load plans come from ans_loader_push_plan; the
                                  sampling options (batch_size ... mask_stop) are then ignored */
+    /* version 2 */
+    const ans_host_pinning *pinning; /* NULL: batch memory is not pinned; else copied (pin and
+                                        unpin both set) */
 } ans_loader_options;
 
-#define ANS_LOADER_OPTIONS_VERSION 1
+#define ANS_LOADER_OPTIONS_VERSION 2
 #define ANS_LOADER_OPTIONS_INIT                                                                    \
     {ANS_LOADER_OPTIONS_VERSION, "X", 1, 512, 32, 0, 0, 0, 0, 0, 0, 0, 1, 0, ANS_LOADER_MASK_END, \
-     2, 0, 0, ANS_DTYPE_INVALID, 0, 0}
+     2, 0, 0, ANS_DTYPE_INVALID, 0, 0, NULL}
 
 /**
  * Make a loader over `stores[0..nstores)` (`opts` may be NULL for defaults). All stores must have

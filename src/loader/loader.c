@@ -14,6 +14,7 @@
 #include "loader/sampler.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -120,6 +121,7 @@ int ans_loader_cast(void *dst, ans_dtype dt, const void *src, ans_dtype st, cons
 typedef struct lbuf {
     void *p;
     size_t cap;
+    int pinned; /* p was pinned through the loader's ans_host_pinning */
 } lbuf;
 
 /* Capacity >= n bytes; contents are NOT kept. */
@@ -218,6 +220,8 @@ struct ans_loader {
     ans_ad_core *core;  /* keeps the first store's pool alive when threads == 0 */
     ans_pool *pool;     /* gathering pool: own_pool or core->pool */
     ans_sampler_params params;
+    ans_host_pinning pin; /* pin.pin == NULL: batch memory is not pinned */
+    size_t page;          /* with pinning: the page size */
 
     /* ---- changed only while the producer is joined ---- */
     ans_sampler *sampler;
@@ -260,12 +264,59 @@ struct ans_loader {
 
 /* ---- slots ---------------------------------------------------------------------------------- */
 
-static void slot_free(ans_batch *b)
+/* Free a slot buffer, unpinning it first (not in a forked child: the pinning belongs to the
+ * parent). */
+static void slot_buf_free(const ans_loader *l, lbuf *b)
 {
-    lbuf_free(&b->data);
-    lbuf_free(&b->indices);
-    lbuf_free(&b->indptr);
-    lbuf_free(&b->rows);
+    if (b->pinned && getpid() == l->pid) l->pin.unpin(l->pin.user, b->p);
+    b->pinned = 0;
+    lbuf_free(b);
+}
+
+/* A batch slot buffer of capacity >= n bytes (contents NOT kept). With pinning: page-aligned,
+ * whole pages, pinned once here; the old buffer is unpinned and freed only once the new one is
+ * pinned. Called from the gathering threads: pin must be thread-safe (annstream.h). */
+static int slot_reserve(const ans_loader *l, lbuf *b, size_t n)
+{
+    if (!l->pin.pin) return lbuf_reserve(b, n);
+    if (n <= b->cap && b->p) return ANS_OK;
+    size_t want = b->cap + b->cap / 2, mask = l->page - 1;
+    if (want < n) want = n;
+    if (want > SIZE_MAX - mask) return ans_err(ANS_ENOMEM, "loader: cannot allocate %zu bytes", n);
+    want = (want + mask) & ~mask;
+    void *p = NULL;
+    if (want >= LARGE_BUF) p = ans_malloc_large(want); /* 2 MiB-aligned from 4 MiB on */
+    if (!p && posix_memalign(&p, l->page, want) != 0)
+        return ans_err(ANS_ENOMEM, "loader: cannot allocate %zu bytes", n);
+    int code = l->pin.pin(l->pin.user, p, want);
+    if (code != 0) {
+        free(p);
+        return ans_err(ANS_ENOMEM, "loader: pinning %zu bytes of batch memory failed (the pin "
+                                   "callback returned %d)",
+                       want, code);
+    }
+    slot_buf_free(l, b);
+    b->p = p;
+    b->cap = want;
+    b->pinned = 1;
+    return ANS_OK;
+}
+
+static int slot_reserve_n(const ans_loader *l, lbuf *b, uint64_t n, uint64_t size)
+{
+    uint64_t bytes;
+    if (ans_mul_overflow(n, size, &bytes) || bytes > SIZE_MAX)
+        return ans_err(ANS_ENOMEM, "loader: a buffer of %llu x %llu bytes is too large",
+                       (unsigned long long)n, (unsigned long long)size);
+    return slot_reserve(l, b, (size_t)bytes);
+}
+
+static void slot_free(const ans_loader *l, ans_batch *b)
+{
+    slot_buf_free(l, &b->data);
+    slot_buf_free(l, &b->indices);
+    slot_buf_free(l, &b->indptr);
+    slot_buf_free(l, &b->rows);
     free(b);
 }
 
@@ -302,9 +353,10 @@ static void loader_destroy(ans_loader *l)
     ans_batch *b = l->all;
     while (b) {
         ans_batch *nx = b->all_next;
-        slot_free(b);
+        slot_free(l, b);
         b = nx;
     }
+    if (l->pin.release) l->pin.release(l->pin.user);
     if (l->sync_init && getpid() == l->pid) {
         pthread_cond_destroy(&l->cv_ready);
         pthread_cond_destroy(&l->cv_space);
@@ -325,9 +377,9 @@ typedef struct gather_ctx {
 static int reserve_csr(const ans_loader *l, ans_batch *b, uint64_t n, uint64_t nnz, int wide)
 {
     size_t isz = wide ? 8 : 4;
-    ANS_TRY(lbuf_reserve_n(&b->data, nnz ? nnz : 1, l->out_size));
-    ANS_TRY(lbuf_reserve_n(&b->indices, nnz ? nnz : 1, isz));
-    ANS_TRY(lbuf_reserve_n(&b->indptr, n + 1, isz));
+    ANS_TRY(slot_reserve_n(l, &b->data, nnz ? nnz : 1, l->out_size));
+    ANS_TRY(slot_reserve_n(l, &b->indices, nnz ? nnz : 1, isz));
+    ANS_TRY(slot_reserve_n(l, &b->indptr, n + 1, isz));
     b->format = ANS_FORMAT_CSR;
     b->nnz = nnz;
     b->index_dtype = wide ? ANS_DTYPE_INT64 : ANS_DTYPE_INT32;
@@ -347,7 +399,7 @@ static int batch_head(const ans_loader *l, ans_batch *b, size_t j, uint64_t n,
     b->dtype = l->out_dtype;
     b->has_rows = l->return_index;
     if (l->return_index) {
-        ANS_TRY(lbuf_reserve_n(&b->rows, n ? n : 1, 8));
+        ANS_TRY(slot_reserve_n(l, &b->rows, n ? n : 1, 8));
         const uint64_t *p2g = l->pos2glob.p;
         uint64_t *rows = b->rows.p;
         for (uint64_t q = 0; q < n; q++) rows[q] = p2g[order[q]];
@@ -378,7 +430,7 @@ static int gather_fn(void *ctx, size_t i, int slot)
         uint64_t in_row = l->row_vals * l->in_size, out_row = l->row_vals * l->out_size, bytes;
         if (ans_mul_overflow(n, out_row, &bytes))
             return ans_err(ANS_ENOMEM, "loader: batch too large");
-        ANS_TRY(lbuf_reserve_n(&b->data, bytes ? bytes : 1, 1));
+        ANS_TRY(slot_reserve_n(l, &b->data, bytes ? bytes : 1, 1));
         unsigned char *dst = b->data.p;
         for (uint64_t q = 0; q < n; q++)
             ans_loader_cast(dst + q * out_row, l->out_dtype, ldata + p2r[order[q]] * in_row,
@@ -397,7 +449,7 @@ static int gather_fn(void *ctx, size_t i, int slot)
         uint64_t out_row = n_vars * l->out_size, bytes;
         if (ans_mul_overflow(n, out_row, &bytes))
             return ans_err(ANS_ENOMEM, "loader: batch too large");
-        ANS_TRY(lbuf_reserve_n(&b->data, bytes ? bytes : 1, 1));
+        ANS_TRY(slot_reserve_n(l, &b->data, bytes ? bytes : 1, 1));
         unsigned char *dst = b->data.p;
         if (bytes) memset(dst, 0, (size_t)bytes);
         for (uint64_t q = 0; q < n; q++) {
@@ -981,8 +1033,10 @@ static int check_var_names(ans_store *const *stores, size_t nstores)
 static int check_options(const ans_loader_options *o)
 {
     if (o->version != ANS_LOADER_OPTIONS_VERSION)
-        return ans_err(ANS_EINVAL, "loader: options version %u, expected %u", o->version,
+        return ans_err(ANS_EINVAL, "loader: options version %u, expected %u or 1", o->version,
                        ANS_LOADER_OPTIONS_VERSION);
+    if (o->pinning && (!o->pinning->pin || !o->pinning->unpin))
+        return ans_err(ANS_EINVAL, "loader: pinning needs both pin and unpin");
     if (o->prefetch < 1 || o->prefetch > MAX_PREFETCH)
         return ans_err(ANS_EINVAL, "loader: prefetch %d is outside [1, %d]", o->prefetch,
                        MAX_PREFETCH);
@@ -1006,6 +1060,12 @@ int ans_loader_new(ans_loader **out, ans_store *const *stores, size_t nstores,
     for (size_t i = 0; i < nstores; i++)
         if (!stores[i]) return ans_err(ANS_EINVAL, "ans_loader_new: store %zu is NULL", i);
     ans_loader_options defaults = ANS_LOADER_OPTIONS_INIT;
+    if (opts && opts->version == 1) {
+        /* version 1 ends before `pinning`: copy what it has, the rest keeps its default */
+        memcpy(&defaults, opts, offsetof(ans_loader_options, pinning));
+        defaults.version = ANS_LOADER_OPTIONS_VERSION;
+        opts = NULL;
+    }
     const ans_loader_options *o = opts ? opts : &defaults;
     ANS_TRY(check_options(o));
     const char *key = o->key ? o->key : "X";
@@ -1161,6 +1221,12 @@ int ans_loader_new(ans_loader **out, ans_store *const *stores, size_t nstores,
     } else {
         l->core = ans_ad_core_ref(stores[0]->core);
         l->pool = l->core->pool;
+    }
+    if (o->pinning) {
+        /* set last: a failed ans_loader_new must not call release (the caller keeps `user`) */
+        long page = sysconf(_SC_PAGESIZE);
+        l->page = page > 0 && (page & (page - 1)) == 0 ? (size_t)page : 4096;
+        l->pin = *o->pinning;
     }
     *out = l;
     return ANS_OK;

@@ -1012,6 +1012,251 @@ static void test_fork_child_refuses(void)
     ans_loader_free(l);
 }
 
+/* ---- pinned batch memory (ans_host_pinning) -------------------------------------------------- */
+
+#define PIN_MAX 512
+
+/* A stand-in for cudaHostRegister / cudaHostUnregister that keeps the live regions and counts
+ * what a real driver would refuse: unaligned or partial pages, overlapping registrations, unpinning
+ * what was not pinned, and a release while regions are still pinned. */
+typedef struct pin_log {
+    pthread_mutex_t mu;
+    uintptr_t lo[PIN_MAX], hi[PIN_MAX];
+    size_t n;
+    int calls, unpins, released, bad;
+    int fail_at; /* the pin call (1-based) that fails with code 77; 0 = none */
+    size_t page;
+} pin_log;
+
+static void pin_log_init(pin_log *g, int fail_at)
+{
+    memset(g, 0, sizeof *g);
+    pthread_mutex_init(&g->mu, NULL);
+    g->fail_at = fail_at;
+    g->page = (size_t)sysconf(_SC_PAGESIZE);
+}
+
+static int fake_pin(void *user, void *ptr, size_t size)
+{
+    pin_log *g = user;
+    pthread_mutex_lock(&g->mu);
+    int call = ++g->calls;
+    int rc = 0;
+    if (g->fail_at && call == g->fail_at) {
+        rc = 77;
+    } else {
+        uintptr_t a = (uintptr_t)ptr;
+        if (a % g->page || size % g->page || size == 0) g->bad++;
+        for (size_t i = 0; i < g->n; i++)
+            if (a < g->hi[i] && g->lo[i] < a + size) g->bad++;
+        if (g->n == PIN_MAX) {
+            g->bad++;
+        } else {
+            g->lo[g->n] = a;
+            g->hi[g->n++] = a + size;
+        }
+    }
+    pthread_mutex_unlock(&g->mu);
+    return rc;
+}
+
+static void fake_unpin(void *user, void *ptr)
+{
+    pin_log *g = user;
+    pthread_mutex_lock(&g->mu);
+    size_t i = 0;
+    while (i < g->n && g->lo[i] != (uintptr_t)ptr) i++;
+    if (i == g->n) {
+        g->bad++;
+    } else {
+        g->lo[i] = g->lo[g->n - 1];
+        g->hi[i] = g->hi[g->n - 1];
+        g->n--;
+    }
+    g->unpins++;
+    pthread_mutex_unlock(&g->mu);
+}
+
+static void fake_release(void *user)
+{
+    pin_log *g = user;
+    pthread_mutex_lock(&g->mu);
+    if (g->n) g->bad++;
+    g->released++;
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* 1 when [p, p + len) lies inside one pinned region. */
+static int is_pinned(pin_log *g, const void *p, size_t len)
+{
+    pthread_mutex_lock(&g->mu);
+    int ok = 0;
+    for (size_t i = 0; i < g->n && !ok; i++)
+        ok = (uintptr_t)p >= g->lo[i] && (uintptr_t)p + len <= g->hi[i];
+    pthread_mutex_unlock(&g->mu);
+    return ok;
+}
+
+/* Every buffer of a batch lies in pinned memory. */
+static int batch_pinned(pin_log *g, const ans_batch *b)
+{
+    uint64_t n = ans_batch_n_rows(b);
+    size_t vs = ans_dtype_size(ans_batch_dtype(b));
+    int ok = ans_batch_rows(b) == NULL || is_pinned(g, ans_batch_rows(b), n * 8);
+    if (ans_batch_format(b) == ANS_FORMAT_CSR) {
+        size_t is = ans_dtype_size(ans_batch_index_dtype(b)), nnz = ans_batch_nnz(b);
+        ok = ok && is_pinned(g, ans_batch_indptr(b), (n + 1) * is) &&
+             (nnz == 0 || (is_pinned(g, ans_batch_data(b), nnz * vs) &&
+                           is_pinned(g, ans_batch_indices(b), nnz * is)));
+    } else {
+        size_t vals = 1;
+        for (int d = 0; d < ans_batch_ndim(b); d++) vals *= ans_batch_shape(b)[d];
+        ok = ok && (vals == 0 || is_pinned(g, ans_batch_data(b), vals * vs));
+    }
+    return ok;
+}
+
+/* Batches come out of pinned slots (CSR straight from the decoder, densified, dense 3-D), with
+ * the same rows and values as without pinning, over two epochs; batches held across
+ * ans_loader_free stay pinned until released; every region is unpinned before release(), which
+ * runs once, after the last batch is released. */
+static void test_pinned_batches(void)
+{
+    if (!have_fixtures("pinned_batches")) return;
+    ans_store *st[3];
+    size_t n = open_abc(st, 4);
+    for (int variant = 0; variant < 3; variant++) {
+        pin_log g;
+        pin_log_init(&g, 0);
+        ans_host_pinning pinning = {fake_pin, fake_unpin, fake_release, &g};
+        ans_loader_options o = base_opts();
+        o.threads = 3;
+        if (variant == 1) {
+            o.densify = 1;
+            o.out_dtype = ANS_DTYPE_FLOAT64;
+        }
+        if (variant == 2) o.key = "obsm/emb";
+        ans_loader *plain = NULL, *l = NULL;
+        CHECK_OK(ans_loader_new(&plain, st, n, &o));
+        o.pinning = &pinning;
+        CHECK_OK(ans_loader_new(&l, st, n, &o));
+        if (!l || !plain) {
+            ans_loader_free(l);
+            ans_loader_free(plain);
+            continue;
+        }
+        ans_batch *held[5] = {0};
+        int nheld = 0, unpinned = 0, differ = 0, bad = 0;
+        uint64_t count = 0;
+        for (uint64_t ep = 0; ep < 2; ep++) {
+            CHECK_OK(ans_loader_set_epoch(l, ep));
+            CHECK_OK(ans_loader_set_epoch(plain, ep));
+            ans_batch *b, *pb;
+            while (ans_loader_next(l, &b) == ANS_OK) {
+                CHECK_OK(ans_loader_next(plain, &pb));
+                if (!batch_pinned(&g, b)) unpinned++;
+                if (variant < 2) bad += check_x_batch(b);
+                uint64_t r = ans_batch_n_rows(b);
+                size_t vals = ans_batch_format(b) == ANS_FORMAT_CSR ? ans_batch_nnz(b)
+                                                                   : r * (variant == 1 ? N_VARS : 6);
+                if (ans_batch_n_rows(pb) != r ||
+                    memcmp(ans_batch_rows(b), ans_batch_rows(pb), r * 8) ||
+                    memcmp(ans_batch_data(b), ans_batch_data(pb),
+                           vals * ans_dtype_size(ans_batch_dtype(b))))
+                    differ++;
+                count += r;
+                ans_batch_release(pb);
+                if (ep == 1 && nheld < 5 && ans_batch_index(b) % 3 == 0)
+                    held[nheld++] = b;
+                else
+                    ans_batch_release(b);
+            }
+        }
+        CHECK_EQ_U64(unpinned, 0);
+        CHECK_EQ_U64(differ, 0);
+        CHECK_EQ_U64(bad, 0);
+        CHECK_EQ_U64(count, 2 * N_ROWS);
+        CHECK(nheld == 5);
+        CHECK(g.n > 0);
+        ans_loader_free(plain);
+        ans_loader_free(l);
+        /* the held batches keep their pinned memory; the loader's is not released yet */
+        CHECK_EQ_U64(g.released, 0);
+        for (int i = 0; i < nheld; i++) {
+            CHECK(batch_pinned(&g, held[i]));
+            if (variant < 2) CHECK_EQ_U64(check_x_batch(held[i]), 0);
+        }
+        for (int i = 0; i < nheld; i++) ans_batch_release(held[i]);
+        CHECK_EQ_U64(g.released, 1);
+        CHECK_EQ_U64(g.n, 0);
+        CHECK_EQ_U64(g.unpins, g.calls);
+        CHECK_EQ_U64(g.bad, 0);
+        pthread_mutex_destroy(&g.mu);
+    }
+    close_all(st, n);
+}
+
+/* A failing pin fails the batch with ANS_ENOMEM naming the code; nothing stays pinned. Options:
+ * pin without unpin is refused, and version-1 options (which end before `pinning`) still work. */
+static void test_pinning_errors(void)
+{
+    if (!have_fixtures("pinning_errors")) return;
+    ans_store *st[3];
+    size_t n = open_abc(st, 2);
+    for (int fail_at = 1; fail_at <= 6; fail_at += 5) {
+        pin_log g;
+        pin_log_init(&g, fail_at);
+        ans_host_pinning pinning = {fake_pin, fake_unpin, fake_release, &g};
+        ans_loader_options o = base_opts();
+        o.pinning = &pinning;
+        ans_loader *l = NULL;
+        CHECK_OK(ans_loader_new(&l, st, n, &o));
+        if (!l) continue;
+        ans_batch *b;
+        int rc, got = 0;
+        while ((rc = ans_loader_next(l, &b)) == ANS_OK) {
+            got++;
+            ans_batch_release(b);
+        }
+        CHECK_RC(rc, ANS_ENOMEM);
+        CHECK_STR_CONTAINS(ans_error_last(), "pinning");
+        CHECK_STR_CONTAINS(ans_error_last(), "returned 77");
+        CHECK(got < (int)ans_loader_n_batches(l));
+        ans_loader_free(l);
+        CHECK_EQ_U64(g.released, 1);
+        CHECK_EQ_U64(g.n, 0);
+        CHECK_EQ_U64(g.unpins, g.calls - 1);
+        CHECK_EQ_U64(g.bad, 0);
+        pthread_mutex_destroy(&g.mu);
+    }
+    /* pin without unpin */
+    pin_log g;
+    pin_log_init(&g, 0);
+    ans_host_pinning half = {fake_pin, NULL, fake_release, &g};
+    ans_loader_options o = base_opts();
+    o.pinning = &half;
+    ans_loader *l = (ans_loader *)(uintptr_t)1;
+    CHECK_RC(ans_loader_new(&l, st, n, &o), ANS_EINVAL);
+    CHECK(l == NULL);
+    CHECK_STR_CONTAINS(ans_error_last(), "pin and unpin");
+    CHECK_EQ_U64(g.released, 0); /* a failed ans_loader_new leaves `user` to the caller */
+    /* version 1: `pinning` is not read (garbage there is ignored) */
+    o = base_opts();
+    o.version = 1;
+    o.pinning = (const ans_host_pinning *)(uintptr_t)1;
+    l = NULL;
+    CHECK_OK(ans_loader_new(&l, st, n, &o));
+    if (l) {
+        run r;
+        CHECK_RC(drain(l, &r, 0), ANS_ITEROVER);
+        CHECK_EQ_U64(r.n_rows, N_ROWS);
+        CHECK_EQ_U64(r.bad, 0);
+        ans_loader_free(l);
+    }
+    pthread_mutex_destroy(&g.mu);
+    close_all(st, n);
+}
+
 int main(int argc, char **argv)
 {
     static const ans_t_case cases[] = {
@@ -1033,6 +1278,8 @@ int main(int argc, char **argv)
         {"custom_plans", test_custom_plans},
         {"read_error", test_read_error},
         {"fork_child_refuses", test_fork_child_refuses},
+        {"pinned_batches", test_pinned_batches},
+        {"pinning_errors", test_pinning_errors},
     };
     const char *dir = getenv("ANS_LOADER_FIXTURES");
     struct stat sb;
