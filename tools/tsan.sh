@@ -2,7 +2,8 @@
 # tools/tsan.sh - the ThreadSanitizer tier (docs/testing.md).
 #
 #   tools/tsan.sh                every C unit test + the Python loader and concurrency tests
-#                                (test_loader.py, test_concurrency.py) against a TSan extension
+#                                (test_loader.py, test_concurrency.py, test_cuda.py) against a
+#                                TSan extension
 #   tools/tsan.sh --c-only       only the C unit tests
 #   tools/tsan.sh --all-python   the C unit tests + the whole Python suite (slow: several minutes,
 #                                and the memory-budget tests of test_hostile.py cannot pass under
@@ -171,6 +172,7 @@ LD_PRELOAD="$RUNTIME" TSAN_OPTIONS="$PY_OPTS" "${RUN[@]}" \
 if [ "$MODE" = loader ]; then
   TESTS=(tests/python/test_loader.py)
   [ -f tests/python/test_concurrency.py ] && TESTS+=(tests/python/test_concurrency.py)
+  TESTS+=(tests/python/test_cuda.py) # pin / unpin called from the loader's threads
 else
   TESTS=(tests/python)
 fi

@@ -1747,11 +1747,72 @@ static int dtype_from_name(const char *name, ans_dtype *out) {
 }
 
 /* loader(stores, key, ...): make an ans_loader (starts no thread). */
+/* Pinning the loader's batch slots through the CUDA runtime (Loader(device="cuda")). The Python
+ * side finds cudaSetDevice / cudaHostRegister / cudaHostUnregister in the libcudart that torch
+ * loaded and passes their addresses; these trampolines call them from the loader's threads, first
+ * making `device` current there (the runtime's per-thread device defaults to 0). */
+typedef int (*cuda_set_device_fn)(int device);
+typedef int (*cuda_host_register_fn)(void *ptr, size_t size, unsigned int flags);
+typedef int (*cuda_host_unregister_fn)(void *ptr);
+
+typedef struct cuda_pinning {
+    cuda_set_device_fn set_device;
+    cuda_host_register_fn host_register;
+    cuda_host_unregister_fn host_unregister;
+    int device;
+} cuda_pinning;
+
+#define CUDA_HOST_REGISTER_PORTABLE 1u /* cudaHostRegisterPortable: pinned for every context */
+
+static int cuda_pin(void *user, void *ptr, size_t size) {
+    cuda_pinning *c = user;
+    int e = c->set_device(c->device);
+    return e != 0 ? e : c->host_register(ptr, size, CUDA_HOST_REGISTER_PORTABLE);
+}
+
+static void cuda_unpin(void *user, void *ptr) {
+    cuda_pinning *c = user;
+    (void)c->set_device(c->device);
+    (void)c->host_unregister(ptr);
+}
+
+static void cuda_pinning_release(void *user) {
+    free(user);
+}
+
+/* pin: None, or (cudaSetDevice, cudaHostRegister, cudaHostUnregister addresses, device). */
+static int parse_cuda_pinning(PyObject *pin, cuda_pinning **out) {
+    *out = NULL;
+    if (pin == NULL || pin == Py_None) {
+        return 0;
+    }
+    unsigned long long set_device, reg, unreg;
+    int device;
+    if (!PyArg_ParseTuple(pin, "KKKi:pin", &set_device, &reg, &unreg, &device)) {
+        return -1;
+    }
+    if (set_device == 0 || reg == 0 || unreg == 0 || device < 0) {
+        PyErr_SetString(PyExc_ValueError, "pin: null function address or negative device");
+        return -1;
+    }
+    cuda_pinning *c = malloc(sizeof *c);
+    if (c == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    c->set_device = (cuda_set_device_fn)(uintptr_t)set_device;
+    c->host_register = (cuda_host_register_fn)(uintptr_t)reg;
+    c->host_unregister = (cuda_host_unregister_fn)(uintptr_t)unreg;
+    c->device = device;
+    *out = c;
+    return 0;
+}
+
 static PyObject *core_loader(PyObject *module, PyObject *args, PyObject *kwargs) {
     static char *kwlist[] = {"stores", "key", "batch_size", "chunk_size", "preload_nchunks",
                              "shuffle", "drop_last", "replacement", "num_samples", "seed", "epoch",
                              "partition", "n_partitions", "prefetch", "threads", "densify",
-                             "out_dtype", "return_index", "custom_plans", NULL};
+                             "out_dtype", "return_index", "custom_plans", "pin", NULL};
     PyObject *stores_obj;
     const char *key = "X";
     unsigned long long batch_size = 1, chunk_size = 512, preload_nchunks = 32, num_samples = 0;
@@ -1759,11 +1820,13 @@ static PyObject *core_loader(PyObject *module, PyObject *args, PyObject *kwargs)
     int shuffle = 0, drop_last = 0, replacement = 0, prefetch = 2, threads = 0, densify = 0;
     int return_index = 0, custom_plans = 0;
     const char *out_dtype = NULL;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|sKKKpppKKKKKiipzpp:loader", kwlist,
+    PyObject *pin_obj = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|sKKKpppKKKKKiipzppO:loader", kwlist,
                                      &stores_obj, &key, &batch_size, &chunk_size, &preload_nchunks,
                                      &shuffle, &drop_last, &replacement, &num_samples, &seed,
                                      &epoch, &partition, &n_partitions, &prefetch, &threads,
-                                     &densify, &out_dtype, &return_index, &custom_plans)) {
+                                     &densify, &out_dtype, &return_index, &custom_plans,
+                                     &pin_obj)) {
         return NULL;
     }
     module_state *st = state_of_module(module);
@@ -1789,8 +1852,17 @@ static PyObject *core_loader(PyObject *module, PyObject *args, PyObject *kwargs)
         PyErr_Format(PyExc_ValueError, "unknown dtype %s", out_dtype);
         return NULL;
     }
+    cuda_pinning *cpin = NULL; /* the loader owns it once ans_loader_new succeeds */
+    if (parse_cuda_pinning(pin_obj, &cpin) < 0) {
+        return NULL;
+    }
+    ans_host_pinning pinning = {cuda_pin, cuda_unpin, cuda_pinning_release, cpin};
+    if (cpin != NULL) {
+        opts.pinning = &pinning;
+    }
     PyObject *seq = PySequence_Fast(stores_obj, "stores must be a sequence of Store objects");
     if (seq == NULL) {
+        free(cpin);
         return NULL;
     }
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
@@ -1802,6 +1874,7 @@ static PyObject *core_loader(PyObject *module, PyObject *args, PyObject *kwargs)
     ans_store **stores = PyMem_Calloc((size_t)n, sizeof *stores);
     if (stores == NULL) {
         Py_DECREF(seq);
+        free(cpin);
         return PyErr_NoMemory();
     }
     Py_ssize_t entered = 0;
@@ -1831,6 +1904,7 @@ static PyObject *core_loader(PyObject *module, PyObject *args, PyObject *kwargs)
         raise_status(st, rc, 0, NULL);
         goto done;
     }
+    cpin = NULL; /* the loader's now */
     LoaderObject *lo = (LoaderObject *)PyType_GenericAlloc(st->LoaderType, 0);
     if (lo == NULL) {
         free_loader_nogil(loader);
@@ -1843,6 +1917,7 @@ done:
     for (Py_ssize_t i = 0; i < entered; i++) {
         store_leave((StoreObject *)PySequence_Fast_GET_ITEM(seq, i));
     }
+    free(cpin);
     PyMem_Free(stores);
     Py_DECREF(seq);
     return result;

@@ -178,6 +178,15 @@ class Loader(_Base):
     rows (None without ``obs``); ``index`` holds the global row numbers (int64; None without
     ``return_index``).
 
+    GPU: ``device="cuda"`` (or ``"cuda:1"``, a ``torch.device``; needs ``output="torch"``) yields
+    ``X`` and ``index`` as tensors on that device. The C loader's batch buffers are then pinned
+    once (cudaHostRegister) and each batch is copied straight out of them, asynchronously and one
+    batch ahead of the loop, on a stream of the loader's; the consumer's current stream waits for
+    the copy, so the tensors are ready for kernels queued on it. With ``densify=True`` a sparse
+    element travels as CSR and is made dense on the device. Not in DataLoader workers.
+    ``pin_memory=True`` (without ``device``) instead copies each CPU ``X`` into page-locked memory,
+    for ``X.cuda(non_blocking=True)`` in the loop.
+
     Sampling (annbatch's chunked shuffle): rows are cut into chunks of ``chunk_size``; the chunk
     order is shuffled; ``preload_nchunks`` chunks are read together and their rows permuted and cut
     into batches of ``batch_size`` (which must divide ``chunk_size * preload_nchunks``). The order
@@ -222,6 +231,7 @@ class Loader(_Base):
         world_size: int | None = None,
         pin_memory: bool = False,
         sampler: Any = None,
+        device: Any = None,
     ) -> None:
         self._c = None
         self._closed = False
@@ -266,6 +276,16 @@ class Loader(_Base):
         self._output = output
         if pin_memory and output != "torch":
             raise ValueError("pin_memory=True needs output='torch'")
+        # device: None (CPU) or a torch.device("cuda", i): batches arrive there (_cuda.DeviceFeed)
+        self._device = None
+        if device is not None:
+            if output != "torch":
+                raise ValueError(f"device={device!r} needs output='torch'")
+            import torch
+
+            from ._cuda import resolve_device
+
+            self._device = resolve_device(torch, device)
         self._densify = bool(densify)
         if dtype is None:
             self._dtype = None
@@ -319,6 +339,7 @@ class Loader(_Base):
             if self._sampler is None and self._c.n_batches != self._n_batches(self._world_size):
                 raise AssertionError("annstream: Loader batch count disagrees with the C sampler")
             self._var_names = self._stores[0].var_names
+            self._x_sparse = self._stores[0][self._x].format == "csr"
             self._obs = self._read_obs() if self._obs_columns is not None else None
         except BaseException:
             self.close()
@@ -380,6 +401,13 @@ class Loader(_Base):
                     "start again here (a new seed, partition or process). Keep the store open "
                     "while the Loader is used, or give the Loader the path"
                 )
+        pin = None
+        if self._device is not None and _worker() is None:
+            import torch
+
+            from ._cuda import cudart_pinning
+
+            pin = cudart_pinning(torch, self._device)
         return _core.loader(
             [s._core for s in self._stores],
             key=self._x,
@@ -396,10 +424,12 @@ class Loader(_Base):
             n_partitions=n_partitions,
             prefetch=self._prefetch,
             threads=self._threads,
-            densify=self._densify,
+            # with a CUDA device, sparse rows are densified there (fewer bytes over PCIe)
+            densify=self._densify and self._device is None,
             out_dtype=self._dtype,
             return_index=self._return_index or self._obs_columns is not None,
             custom_plans=self._sampler is not None,
+            pin=pin,
         )
 
     def _read_obs(self) -> pd.DataFrame:
@@ -572,6 +602,12 @@ class Loader(_Base):
         self._check_open()
         worker = _worker()
         worker_id, num_workers = worker or (0, 1)
+        if worker is not None and self._device is not None:
+            raise RuntimeError(
+                f"annstream Loader(device={str(self._device)!r}) cannot run in a DataLoader "
+                "worker (CUDA is not usable there): iterate it in the main process, or leave "
+                "device unset and use DataLoader(pin_memory=True)"
+            )
         start = self._resume
         self._resume = 0
         resume = self._worker_resume
@@ -597,6 +633,15 @@ class Loader(_Base):
             gen = c.seek(start)
         self._batches_yielded = start
         convert = self._convert
+        feed = staged = None
+        if self._device is not None:
+            import torch
+
+            from ._cuda import DeviceFeed
+
+            feed = DeviceFeed(torch, self._device,
+                              densify_on_device=self._densify and self._x_sparse,
+                              return_index=self._return_index, obs_frame=self._obs)
         feeder = None
         if self._sampler is not None:
             feeder = _PlanFeeder(self._sampler, c, epoch, partition, n_partitions, start,
@@ -611,15 +656,42 @@ class Loader(_Base):
                     )
                 if feeder is not None:
                     feeder.fill()
-                b = c.next(gen)
+                try:
+                    b = c.next(gen)
+                except Exception:
+                    if staged is None:
+                        raise
+                    # a read error of the batch after it: hand out the staged batch first, as the
+                    # CPU path would, and raise on the next step
+                    out, staged = feed.finish(staged), None
+                    self._batches_yielded += 1
+                    yield out
+                    raise
                 if b is None:
                     break
                 if feeder is not None:
                     feeder.consumed(1)
+                if feed is not None:
+                    # one batch ahead: its copy to the device runs while the consumer has this one
+                    nxt = feed.stage(b)
+                    del b
+                    if staged is not None:
+                        out, staged = feed.finish(staged), nxt
+                        self._batches_yielded += 1
+                        yield out
+                    else:
+                        staged = nxt
+                    continue
                 self._batches_yielded += 1
                 yield convert(b)
+            if staged is not None:
+                out, staged = feed.finish(staged), None
+                self._batches_yielded += 1
+                yield out
             finished = True
         finally:
+            if feed is not None:
+                feed.drain(staged)
             if token == self._token:
                 if finished:
                     if not self._pinned:
