@@ -74,6 +74,11 @@ if [ "$PYTHON_TOO" = 1 ]; then
     LIBASAN=$("$CC_NAME" -print-file-name=libasan.so)
   fi
   # The extension's UBSan runtime comes with libasan for gcc; clang links it statically.
+  # libstdc++ is preloaded too: python itself does not link it, and without it ASan's __cxa_throw
+  # interceptor finds no real __cxa_throw and aborts the first time torch throws a C++ exception
+  # (e.g. torch.device("banana") in test_cuda.py).
+  LIBSTDCXX=$("$CC_NAME" -print-file-name=libstdc++.so.6)
+  [ -f "$LIBSTDCXX" ] && LIBASAN="$LIBASAN $LIBSTDCXX"
   PYTHONPATH="$ROOT/build/asan-py/pkg" LD_PRELOAD="$LIBASAN" \
   ASAN_OPTIONS="detect_leaks=0:detect_stack_use_after_return=0:allocator_may_return_null=1" \
     python -c 'import annstream, sys; assert annstream.__file__.startswith(sys.argv[1]), annstream.__file__' "$ROOT/build/asan-py/pkg"

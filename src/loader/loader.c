@@ -14,9 +14,9 @@
 #include "loader/sampler.h"
 
 #include <errno.h>
-#include <stddef.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
