@@ -15,7 +15,7 @@ import warnings
 
 import numpy as np
 import pytest
-from test_loader import CATS, CONTAINERS, N_VARS, SIZES, make_adata, write
+from test_loader import CATS, N_VARS, data, loader, make_adata, write  # noqa: F401 (data: fixture)
 
 import annstream
 from annstream import _core
@@ -28,33 +28,6 @@ except Exception:  # noqa: BLE001
 needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
 HAVE_CUDA = torch is not None and torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not HAVE_CUDA, reason="needs a CUDA device (torch.cuda)")
-
-SMALL = dict(batch_size=16, chunk_size=8, preload_nchunks=4)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    import anndata as ad
-
-    root = tmp_path_factory.mktemp("cuda")
-    paths, adatas, offset = [], [], 0
-    for i, (n, container) in enumerate(zip(SIZES, CONTAINERS)):
-        a = make_adata(offset, n, CATS[i], seed=i)
-        ext = ".h5ad" if container == "h5ad" else ".zarr"
-        paths.append(write(a, root / f"s{i}{ext}", container))
-        adatas.append(a)
-        offset += n
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        full = ad.concat(adatas, merge="same")
-    return paths, full
-
-
-def loader(paths, **kw) -> annstream.Loader:
-    opts = dict(SMALL, seed=7)
-    opts.update(kw)
-    return annstream.Loader(paths, **opts)
-
 
 def dense_of(X) -> np.ndarray:
     X = X.cpu()
@@ -84,7 +57,7 @@ def test_device_parameter_errors():
 
 @needs_torch
 def test_device_cpu_is_the_plain_torch_loader(data):
-    paths, _ = data
+    _, paths, _ = data
     a = [b["X"].to_dense() for b in loader(paths, output="torch", device="cpu")]
     b = [b["X"].to_dense() for b in loader(paths, output="torch")]
     assert len(a) == len(b)
@@ -94,7 +67,7 @@ def test_device_cpu_is_the_plain_torch_loader(data):
 
 
 def test_pin_argument_is_checked(data):
-    paths, _ = data
+    _, paths, _ = data
     stores = [annstream.open(p) for p in paths]
     try:
         cs = [s._core for s in stores]
@@ -168,7 +141,7 @@ def test_pinning_through_the_extension(data):
     """The extension's trampolines: each slot buffer is registered once (page-aligned whole pages,
     portable flag, the device made current first) and unregistered when freed, also for batches
     still held when the C loader is dropped."""
-    paths, full = data
+    _, paths, full = data
     import gc
 
     stores = [annstream.open(p) for p in paths]
@@ -214,7 +187,7 @@ def test_pinning_through_the_extension(data):
 
 
 def test_pinning_failure_is_an_error(data):
-    paths, _ = data
+    _, paths, _ = data
     stores = [annstream.open(p) for p in paths]
     fake = FakeCudart(fail_code=2)  # cudaErrorMemoryAllocation
     try:
@@ -280,7 +253,7 @@ def fake_cuda(monkeypatch):
 def test_device_path_with_stand_in_cuda(data, fake_cuda, cfg):
     import gc
 
-    paths, _ = data
+    _, paths, _ = data
     fake, current = fake_cuda
     dev = loader(paths, output="torch", device="cuda", return_index=True, obs=["cell_type"], **cfg)
     cpu = loader(paths, output="torch", return_index=True, obs=["cell_type"], **cfg)
@@ -375,7 +348,7 @@ CONFIGS = [
 @needs_cuda
 @pytest.mark.parametrize("cfg", CONFIGS)
 def test_cuda_batches_equal_the_cpu_loader(data, cfg):
-    paths, full = data
+    _, paths, full = data
     dev = loader(paths, output="torch", device="cuda", return_index=True, obs=["cell_type"], **cfg)
     cpu = loader(paths, output="torch", return_index=True, obs=["cell_type"], **cfg)
     assert len(dev) == len(cpu)
@@ -399,7 +372,7 @@ def test_cuda_batches_equal_the_cpu_loader(data, cfg):
 def test_cuda_slot_memory_is_pinned(data):
     from annstream._cuda import cudart_pinning, resolve_device
 
-    paths, _ = data
+    _, paths, _ = data
     stores = [annstream.open(p) for p in paths]
     try:
         pin = cudart_pinning(torch, resolve_device(torch, "cuda"))
@@ -451,7 +424,7 @@ def test_cuda_copies_are_ordered_before_the_consumer(tmp_path):
 
 @needs_cuda
 def test_cuda_resume_mid_epoch(data):
-    paths, _ = data
+    _, paths, _ = data
     ld = loader(paths, output="torch", device="cuda", return_index=True)
     full = [b["index"].cpu().numpy() for b in ld]
     ld.set_epoch(0)
@@ -470,7 +443,7 @@ def test_cuda_resume_mid_epoch(data):
 
 @needs_cuda
 def test_cuda_pin_memory_flag(data):
-    paths, full = data
+    _, paths, full = data
     for cfg in (dict(), dict(x="obsm/emb")):
         ld = loader(paths, output="torch", pin_memory=True, return_index=True, **cfg)
         n = 0
@@ -492,7 +465,7 @@ def test_cuda_dataloader_workers(data):
 
     from torch.utils.data import DataLoader
 
-    paths, full = data
+    _, paths, full = data
     ld = loader(paths, x="obsm/emb", output="torch", return_index=True)
     dl = DataLoader(ld, batch_size=None, num_workers=2, pin_memory=True,
                     multiprocessing_context=mp.get_context("fork"), timeout=120)
