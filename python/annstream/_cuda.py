@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from ._loader import _csr_tensor  # _cuda is imported by _loader only once that is loaded
+
 __all__ = ["DeviceFeed", "cudart_pinning", "resolve_device"]
 
 
@@ -145,8 +147,6 @@ class DeviceFeed:
         if s.fmt == "dense":
             X = s.gpu[0].view(s.shape)
         else:
-            from ._loader import _csr_tensor
-
             X = _csr_tensor(torch, s.gpu[1], s.gpu[2], s.gpu[0], s.shape)
             if self.densify:
                 X = X.to_dense()
