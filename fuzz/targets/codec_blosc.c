@@ -1,6 +1,7 @@
 /* codec_blosc: ans_blosc_nbytes + ans_blosc_decode on a Blosc1 frame (the input), into a buffer of
  * exactly the claimed size and into one byte less (must fail); its middle third by
- * ans_blosc_decode_range and from the frame's head and ans_blosc_span's bytes alone (check_part);
+ * ans_blosc_decode_range, ans_blosc_scatter, and from the frame's head and ans_blosc_span's bytes
+ * alone (check_part);
  * then an encode / decode round trip of the input bytes with parameters derived from the input, and
  * a part of that valid frame, which must equal the input's bytes. */
 #include "fuzz_common.h"
@@ -16,9 +17,50 @@
  * whatever the output held; its partial and full decoders also disagree on some malformed streams,
  * so a hostile frame's part is not compared with its whole decode). `want` (a valid frame's
  * decoded bytes, or NULL) is what the part must equal. */
+typedef struct fsink {
+    uint8_t *out; /* decoded bytes [base, ...) */
+    size_t base;
+    const ans_bseg *segs;
+} fsink;
+
+static int fsink_put(void *ctx, size_t k, size_t at, const uint8_t *bytes, size_t len)
+{
+    fsink *f = ctx;
+    FUZZ_CHECK(at + len <= f->segs[k].len);
+    memcpy(f->out + (f->segs[k].off - f->base) + at, bytes, len);
+    return ANS_OK;
+}
+
+/* ans_blosc_scatter of [lo, hi) cut on elements of `el` bytes, as two segments given last first:
+ * must not fail for a valid frame it can decode (and then equal `want`), nor crash on any. */
+static void check_scatter(const uint8_t *data, size_t size, size_t nb, size_t lo, size_t hi,
+                          size_t el, const uint8_t *want)
+{
+    lo -= lo % el;
+    hi -= hi % el;
+    if (lo >= hi) return;
+    size_t mid = lo + (hi - lo) / 2;
+    mid -= (mid - lo) % el;
+    ans_bseg segs[2] = {{mid, hi - mid}, {lo, mid - lo}};
+    uint8_t *out = malloc(hi - lo);
+    ans_buf scratch = {0};
+    FUZZ_CHECK(out != NULL);
+    memset(out, 0x5A, hi - lo);
+    fsink f = {out, lo, segs};
+    int rc = ans_blosc_scatter(data, size, nb, 0, size, segs, 2, el, fsink_put, &f, &scratch);
+    if (rc == ANS_OK) fuzz_touch(out, hi - lo);
+    if (want && rc != ANS_EUNSUPPORTED)
+        FUZZ_CHECK(rc == ANS_OK && memcmp(out, want + lo, hi - lo) == 0);
+    ans_buf_free(&scratch);
+    free(out);
+}
+
 static void check_part(const uint8_t *data, size_t size, size_t nb, size_t lo, size_t hi,
                        const uint8_t *want)
 {
+    check_scatter(data, size, nb, lo, hi, 1, want);
+    if (size > 3 && data[3] >= 1 && data[3] <= 16)
+        check_scatter(data, size, nb, lo, hi, data[3], want);
     uint8_t *part = malloc(hi - lo), *part2 = malloc(hi - lo), *cut = malloc(size);
     ans_buf scratch = {0};
     FUZZ_CHECK(part && part2 && cut);

@@ -65,6 +65,26 @@ int ans_blosc_head_len(const void *src, size_t srclen, size_t *len);
  * frame's blocks cannot be read apart or every block is needed. */
 int ans_blosc_span(const void *head, size_t headlen, size_t srclen, size_t nbytes, size_t lo,
                    size_t hi, size_t *c0, size_t *c1);
+/* A part of a frame's decoded bytes, [off, off + len), and where it goes (for the sink). */
+typedef struct ans_bseg {
+    size_t off, len;
+} ans_bseg;
+/* Takes decoded bytes [at, at + len) of segment k (relative to its start) from `bytes`, which are
+ * only valid during the call. Returns ANS_OK, or a status (with its message) that stops the
+ * decoding. */
+typedef int (*ans_bsink)(void *ctx, size_t k, size_t at, const uint8_t *bytes, size_t len);
+/* Decode the segments of a frame that decodes to exactly `nbytes` and hand them to `put` in pieces
+ * of whole elements of `elsize` bytes (segments must start and end on elements; they may come in
+ * any order, overlap and leave gaps). Each block holding a wanted byte is decoded once, only as far
+ * as the segments need it, into scratch (grown to a block plus 32 KiB, reused); a shuffled block's
+ * items are unshuffled in pieces of up to 32 KiB, which the sink reads from cache. Of the frame
+ * only its head and [w0, w1) need hold its bytes, as for ans_blosc_decode_range_in; [0, srclen) is
+ * the whole frame. Same validation as ans_blosc_decode_range_in. ANS_EUNSUPPORTED without a message
+ * when the frame is not LZ4 with byte or no shuffle (nor uncompressed), its blocks do not hold
+ * whole elements, or its shuffle typesize is not elsize: decode it another way. */
+int ans_blosc_scatter(const void *src, size_t srclen, size_t nbytes, size_t w0, size_t w1,
+                      const ans_bseg *segs, size_t nsegs, size_t elsize, ans_bsink put, void *ctx,
+                      ans_buf *scratch);
 /* Uncompressed size of a blosc frame, after the same validation as ans_blosc_decode. */
 int ans_blosc_nbytes(const void *src, size_t srclen, size_t *nbytes);
 

@@ -108,6 +108,7 @@ typedef struct ans_zws {
     ans_buf chunk;   /* decoded unit in C order (when not decoding straight into the output) */
     ans_buf offs;    /* strings: item offsets of one unit */
     ans_buf strs;    /* strings: item bytes of one unit */
+    ans_buf segs;    /* the parts of one unit a read scatters (ans_bseg) */
 } ans_zws;
 
 int ans_zws_new(ans_zws **out);
@@ -154,6 +155,13 @@ int ans_zchain_span(const ans_zchain *ch, const uint8_t *head, size_t hlen, size
 int ans_zchain_decode_range_in(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
                                uint64_t lo, uint64_t hi, uint64_t w0, uint64_t w1,
                                const uint8_t **result);
+/* Hand the segments of a unit (its decoded bytes [off, off + len)) to `put` as
+ * ans_blosc_scatter does, when the unit's only stage is blosc (no transpose or byte swap); only its
+ * head and [w0, w1) need hold its bytes. ANS_EUNSUPPORTED without a message when the unit cannot be
+ * decoded so: decode it with ans_zchain_decode_range_in instead. */
+int ans_zchain_scatter(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
+                       uint64_t w0, uint64_t w1, const ans_bseg *segs, size_t nsegs, size_t elsize,
+                       ans_bsink put, void *ctx);
 /* Undo the bytes->bytes stages only (for vlen units): *out / *outlen point into ws buffers or src. */
 int ans_zchain_decode_bytes(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
                             const uint8_t **out, size_t *outlen);

@@ -419,6 +419,57 @@ static void job_need(const zread *rd, const zjob *job, uint64_t *lo, uint64_t *h
     *hi = r1 * rd->za->base.row_bytes;
 }
 
+static void rd_mark_bad(zread *rd, size_t seg)
+{
+    pthread_mutex_lock(rd->bad_mu);
+    if (seg < rd->bad) rd->bad = seg;
+    pthread_mutex_unlock(rd->bad_mu);
+}
+
+/* Where ans_zchain_scatter delivers a unit's decoded rows: piece k of the unit's pieces. */
+typedef struct zsink {
+    zread *rd;
+    const zpiece *pieces;
+    size_t elsize;
+} zsink;
+
+static int sink_piece(void *ctx, size_t k, size_t at, const uint8_t *bytes, size_t len)
+{
+    zsink *sk = ctx;
+    const zpiece *pc = &sk->pieces[k];
+    const ans_conv *conv = sk->rd->conv;
+    if (!conv) {
+        ans_stream_copy(pc->dptr + at, bytes, len);
+        return ANS_OK;
+    }
+    size_t nv = len / sk->elsize;
+    if (conv->fn(pc->dptr + at / sk->elsize * conv->dst_size, bytes, nv, conv->ctx) != nv)
+        rd_mark_bad(sk->rd, pc->seg);
+    return ANS_OK;
+}
+
+/* Decode a unit of whole rows straight into its pieces, each block once and unshuffled in pieces
+ * that stay in L1 (ans_zchain_scatter), instead of into ws->chunk and copying from there.
+ * ANS_EUNSUPPORTED when its codecs do not allow it. */
+static int scatter_unit(zread *rd, ans_zws *ws, const zurow *ur, const uint8_t *src, size_t len,
+                        uint64_t w0, uint64_t w1)
+{
+    ans_zarray *za = rd->za;
+    uint64_t rb = za->base.row_bytes;
+    size_t np = ur->p1 - ur->p0;
+    if (za->unit[0] * rb > SIZE_MAX || np > SIZE_MAX / sizeof(ans_bseg)) return ANS_EUNSUPPORTED;
+    ANS_TRY(ans_buf_reserve(&ws->segs, np * sizeof(ans_bseg)));
+    ans_bseg *segs = (ans_bseg *)(void *)ws->segs.data;
+    for (size_t k = 0; k < np; k++) {
+        const zpiece *pc = &rd->pieces[ur->p0 + k];
+        segs[k].off = (size_t)(pc->r0 * rb);
+        segs[k].len = (size_t)(pc->n * rb);
+    }
+    zsink sk = {rd, &rd->pieces[ur->p0], za->elsize};
+    return ans_zchain_scatter(za->uchain, ws, src, len, w0, w1, segs, np, za->elsize, sink_piece,
+                              &sk);
+}
+
 /* Decode one unit (src NULL: missing -> fill) and scatter it to its pieces. Of its len stored
  * bytes, only the head and [w0, w1) were read when that is not [0, len) (see run_trim). */
 static int rd_unit(zread *rd, ans_zws *ws, const zjob *job, const uint8_t *src, size_t len,
@@ -436,6 +487,11 @@ static int rd_unit(zread *rd, ans_zws *ws, const zjob *job, const uint8_t *src, 
             for (size_t p = ur->p0; p < ur->p1; p++)
                 fill_elems(za, rd->pieces[p].dptr, rd->pieces[p].n * row_elems);
             return ANS_OK;
+        }
+        if (src) {
+            int rc = scatter_unit(rd, ws, ur, src, len, w0, w1);
+            if (rc == ANS_OK) return ANS_OK;
+            if (rc != ANS_EUNSUPPORTED) return unit_error(za, c);
         }
         size_t direct = SIZE_MAX;
         int part = w0 > 0 || w1 < len; /* then some pieces need only part of the unit */
@@ -471,11 +527,7 @@ static int rd_unit(zread *rd, ans_zws *ws, const zjob *job, const uint8_t *src, 
                 continue;
             }
             size_t nv = (size_t)(pc->n * row_elems);
-            if (conv->fn(pc->dptr, from, nv, conv->ctx) != nv) {
-                pthread_mutex_lock(rd->bad_mu);
-                if (pc->seg < rd->bad) rd->bad = pc->seg;
-                pthread_mutex_unlock(rd->bad_mu);
-            }
+            if (conv->fn(pc->dptr, from, nv, conv->ctx) != nv) rd_mark_bad(rd, pc->seg);
         }
         return ANS_OK;
     }

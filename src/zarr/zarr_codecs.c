@@ -49,6 +49,7 @@ void ans_zws_free(ans_zws *ws)
     ans_buf_free(&ws->chunk);
     ans_buf_free(&ws->offs);
     ans_buf_free(&ws->strs);
+    ans_buf_free(&ws->segs);
     free(ws);
 }
 
@@ -677,6 +678,15 @@ int ans_zchain_decode_range_in(const ans_zchain *ch, ans_zws *ws, const uint8_t 
     ANS_TRY(ans_zchain_decode(ch, ws, src, len, NULL, &res));
     *result = res + lo;
     return ANS_OK;
+}
+
+int ans_zchain_scatter(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
+                       uint64_t w0, uint64_t w1, const ans_bseg *segs, size_t nsegs, size_t elsize,
+                       ans_bsink put, void *ctx)
+{
+    if (!blosc_only(ch) || w1 > SIZE_MAX) return ANS_EUNSUPPORTED;
+    return ans_blosc_scatter(src, len, (size_t)ch->nbytes, (size_t)w0, (size_t)w1, segs, nsegs,
+                             elsize, put, ctx, &ws->tmp[0]);
 }
 
 int ans_zchain_decode_bytes(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,

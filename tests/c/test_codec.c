@@ -541,6 +541,190 @@ static void test_blosc_span(void)
     free(perm);
 }
 
+/* A sink that keeps what ans_blosc_scatter hands it in one buffer per segment, and counts calls
+ * that break its contract (not whole elements, outside the segment). */
+typedef struct scat {
+    const ans_bseg *segs;
+    uint8_t **out;
+    size_t elsize, calls, broken;
+    long fail_at; /* the call that returns an error (-1: none) */
+} scat;
+
+static int scat_put(void *ctx, size_t k, size_t at, const uint8_t *bytes, size_t len)
+{
+    scat *sc = ctx;
+    if (len == 0 || at % sc->elsize || len % sc->elsize || at + len > sc->segs[k].len)
+        sc->broken++;
+    else
+        memcpy(sc->out[k] + at, bytes, len);
+    if ((long)sc->calls++ == sc->fail_at)
+        return ans_err(ANS_EIO, "sink refused call %zu", sc->calls);
+    return ANS_OK;
+}
+
+/* Scattering parts of a frame: every segment (any order, overlapping, empty, across blocks, in the
+ * last partial block) gets exactly its decoded bytes, from the whole frame and from its head plus
+ * the span alone; what cannot be scattered says ANS_EUNSUPPORTED; bad segments, a failing sink and
+ * a corrupt block are errors. */
+static void test_blosc_scatter(void)
+{
+    const size_t n = (1 << 20) - 1000;
+    uint8_t *in = make_data(n, 0, 5), *rnd = make_data(n, 1, 6);
+    uint8_t *enc = malloc(ans_blosc_bound(n)), *junk = malloc(ans_blosc_bound(n));
+    enum { NSEG = 12 };
+    uint8_t *out[NSEG];
+    for (int k = 0; k < NSEG; k++) out[k] = malloc(n);
+    ans_bseg segs[NSEG];
+    ans_buf scratch = {0};
+    uint64_t rs = 11;
+    size_t done = 0, unsupported = 0, windowed = 0, multi = 0;
+    static const char *const codecs[] = {"lz4", "zstd"};
+    static const size_t typesizes[] = {1, 2, 4, 8, 3};
+    for (size_t c = 0; c < 2; c++)
+        for (int shuffle = 0; shuffle <= 2; shuffle++)
+            for (size_t t = 0; t < sizeof typesizes / sizeof *typesizes; t++) {
+                size_t ts = typesizes[t], m = n - n % 24, elen = 0; /* whole items of 1..8 bytes */
+                CHECK_OK(ans_blosc_encode(in, m, enc, ans_blosc_bound(m), &elen, codecs[c], 3,
+                                          shuffle, ts, 1));
+                uint32_t bs = get32(enc + 8);
+                multi += m / bs >= 3;
+                for (int trial = 0; trial < 24; trial++) {
+                    size_t el = trial % 3 == 0 ? 1 : ts; /* elements of 1 byte, or of an item */
+                    size_t nseg = 1 + (size_t)(rng_next(&rs) % NSEG), lo = m, hi = 0;
+                    /* odd trials: short segments near one place, so a window can hold them */
+                    size_t room = m > 3 * (size_t)bs / 2 ? m - 3 * (size_t)bs / 2 : el;
+                    size_t base = el * (size_t)(rng_next(&rs) % (room / el));
+                    for (size_t k = 0; k < nseg; k++) {
+                        size_t len, off;
+                        if (trial % 2) {
+                            off = base + el * (size_t)(rng_next(&rs) % (bs / el));
+                            len = el * (size_t)(rng_next(&rs) % (bs / 2 / el));
+                        } else if (trial == 0 && k == 0) {
+                            off = 0, len = m; /* all of it */
+                        } else if (k == 1) {
+                            off = bs - 2 * el, len = 4 * el; /* across a boundary */
+                        } else if (k == 2) {
+                            off = m - 3 * el, len = 3 * el; /* in the last block */
+                        } else if (k == 3) {
+                            off = el * (size_t)(rng_next(&rs) % (m / el)), len = 0;
+                        } else {
+                            off = el * (size_t)(rng_next(&rs) % (m / el));
+                            size_t most = trial < 12 ? 3000 : m - off;
+                            len = el * (1 + (size_t)(rng_next(&rs) % (most / el + 1)));
+                            if (len > m - off) len = m - off;
+                        }
+                        segs[k].off = off;
+                        segs[k].len = len;
+                        memset(out[k], 0xAB, len);
+                        if (len && off < lo) lo = off;
+                        if (len && off + len > hi) hi = off + len;
+                    }
+                    int shuffled = shuffle == 1 && ts > 1;
+                    int can = c == 0 && shuffle != 2 && bs % el == 0 && (!shuffled || el == ts);
+                    scat sc = {segs, out, el, 0, 0, -1};
+                    int rc = ans_blosc_scatter(enc, elen, m, 0, elen, segs, nseg, el, scat_put, &sc,
+                                               &scratch);
+                    if (!can) {
+                        CHECK_RC(rc, ANS_EUNSUPPORTED);
+                        CHECK(sc.calls == 0);
+                        unsupported++;
+                        continue;
+                    }
+                    CHECK_OK(rc);
+                    CHECK(sc.broken == 0);
+                    for (size_t k = 0; k < nseg; k++)
+                        CHECK(memcmp(out[k], in + segs[k].off, segs[k].len) == 0);
+                    done++;
+                    /* again from the head and the span of [lo, hi) alone, the rest junk */
+                    size_t hl = 0, c0 = 0, c1 = 0;
+                    CHECK_OK(ans_blosc_head_len(enc, elen, &hl));
+                    if (ans_blosc_span(enc, hl, elen, m, lo, hi, &c0, &c1) != ANS_OK) continue;
+                    memset(junk, 0xEE, elen);
+                    memcpy(junk, enc, hl);
+                    memcpy(junk + c0, enc + c0, c1 - c0);
+                    for (size_t k = 0; k < nseg; k++) memset(out[k], 0xAB, segs[k].len);
+                    CHECK_OK(ans_blosc_scatter(junk, elen, m, c0, c1, segs, nseg, el, scat_put,
+                                               &sc, &scratch));
+                    CHECK(sc.broken == 0);
+                    for (size_t k = 0; k < nseg; k++)
+                        CHECK(memcmp(out[k], in + segs[k].off, segs[k].len) == 0);
+                    windowed++;
+                }
+            }
+    CHECK(done > 150);
+    CHECK(unsupported > 100);
+    CHECK(windowed > 50);
+    CHECK(multi >= 10); /* frames of three blocks or more */
+
+    size_t elen = 0;
+    CHECK_OK(ans_blosc_encode(in, n, enc, ans_blosc_bound(n), &elen, "lz4", 3, 1, 4, 1));
+    scat sc = {segs, out, 4, 0, 0, -1};
+    /* nothing wanted: no call, not even a look at the frame */
+    segs[0] = (ans_bseg){8, 0};
+    CHECK_OK(ans_blosc_scatter(enc, 3, n, 0, 3, segs, 1, 4, scat_put, &sc, &scratch));
+    CHECK(sc.calls == 0);
+    /* segments outside the decoded bytes, or not on elements */
+    segs[0] = (ans_bseg){n - 4, 8};
+    CHECK_RC(ans_blosc_scatter(enc, elen, n, 0, elen, segs, 1, 4, scat_put, &sc, &scratch),
+             ANS_EINVAL);
+    CHECK_STR_CONTAINS(ans_error_last(), "segment 0");
+    segs[0] = (ans_bseg){SIZE_MAX - 3, 8};
+    CHECK_RC(ans_blosc_scatter(enc, elen, n, 0, elen, segs, 1, 4, scat_put, &sc, &scratch),
+             ANS_EINVAL);
+    segs[0] = (ans_bseg){2, 8};
+    CHECK_RC(ans_blosc_scatter(enc, elen, n, 0, elen, segs, 1, 4, scat_put, &sc, &scratch),
+             ANS_EINVAL);
+    CHECK_RC(ans_blosc_scatter(enc, elen, n, 0, elen, segs, 1, 0, scat_put, &sc, &scratch),
+             ANS_EINVAL);
+    /* a frame that decodes to another size; a window outside the frame */
+    segs[0] = (ans_bseg){0, 8};
+    CHECK_RC(ans_blosc_scatter(enc, elen, n - 4, 0, elen, segs, 1, 4, scat_put, &sc, &scratch),
+             ANS_ECORRUPT);
+    CHECK_RC(ans_blosc_scatter(enc, elen, n, 40, 20, segs, 1, 4, scat_put, &sc, &scratch),
+             ANS_EINVAL);
+    CHECK_RC(ans_blosc_scatter(enc, elen, n, 40, elen + 1, segs, 1, 4, scat_put, &sc, &scratch),
+             ANS_EINVAL);
+    /* the sink's error stops the decoding and comes back as it is */
+    segs[0] = (ans_bseg){0, 400000};
+    segs[1] = (ans_bseg){500000, 400000};
+    sc.fail_at = 1;
+    CHECK_RC(ans_blosc_scatter(enc, elen, n, 0, elen, segs, 2, 4, scat_put, &sc, &scratch),
+             ANS_EIO);
+    CHECK_STR_CONTAINS(ans_error_last(), "sink refused call 2");
+    CHECK(sc.calls == 2);
+    /* block 1's first stream is garbage: a segment in block 0 still decodes, one in block 1 not */
+    uint8_t *bad = malloc(elen);
+    memcpy(bad, enc, elen);
+    uint32_t b1 = get32(bad + 20), cs = get32(bad + b1);
+    CHECK(cs > 0 && b1 + 4 + (size_t)cs <= elen);
+    memset(bad + b1 + 4, 0xFF, cs);
+    sc.fail_at = -1;
+    segs[0] = (ans_bseg){4, 4000};
+    CHECK_OK(ans_blosc_scatter(bad, elen, n, 0, elen, segs, 1, 4, scat_put, &sc, &scratch));
+    CHECK(memcmp(out[0], in + 4, 4000) == 0);
+    segs[1] = (ans_bseg){300000, 8};
+    CHECK_RC(ans_blosc_scatter(bad, elen, n, 0, elen, segs, 2, 4, scat_put, &sc, &scratch),
+             ANS_ECORRUPT);
+    CHECK_STR_CONTAINS(ans_error_last(), "lz4 data of block 1");
+    free(bad);
+    /* an uncompressed frame: the segments are its bytes, within the window read */
+    CHECK_OK(ans_blosc_encode(rnd, n, enc, ans_blosc_bound(n), &elen, "lz4", 5, 0, 1, 1));
+    CHECK(enc[2] & BLOSC_MEMCPYED);
+    segs[0] = (ans_bseg){3, 998};
+    segs[1] = (ans_bseg){n - 10, 10};
+    sc.elsize = 1;
+    CHECK_OK(ans_blosc_scatter(enc, elen, n, 0, elen, segs, 2, 1, scat_put, &sc, &scratch));
+    CHECK(memcmp(out[0], rnd + 3, 998) == 0 && memcmp(out[1], rnd + n - 10, 10) == 0);
+    CHECK_RC(ans_blosc_scatter(enc, elen, n, 20, elen, segs, 2, 1, scat_put, &sc, &scratch),
+             ANS_ECORRUPT);
+    ans_buf_free(&scratch);
+    for (int k = 0; k < NSEG; k++) free(out[k]);
+    free(in);
+    free(rnd);
+    free(enc);
+    free(junk);
+}
+
 static void test_blosc_encode_args(void)
 {
     uint8_t src[64] = {0}, dst[128];
@@ -1116,7 +1300,7 @@ ANS_TEST_MAIN({"crc32c_known", test_crc32c_known}, {"crc32c_random", test_crc32c
               {"vlen_fixed", test_vlen_fixed}, {"vlen_corrupt", test_vlen_corrupt},
               {"blosc_roundtrip", test_blosc_roundtrip},
               {"blosc_range", test_blosc_range},
-        {"blosc_span", test_blosc_span},
+              {"blosc_span", test_blosc_span}, {"blosc_scatter", test_blosc_scatter},
               {"blosc_encode_args", test_blosc_encode_args}, {"blosc_fixed", test_blosc_fixed},
               {"blosc_corrupt_header", test_blosc_corrupt_header},
               {"blosc_corrupt_blocks", test_blosc_corrupt_blocks}, {"blosc_fuzz", test_blosc_fuzz},

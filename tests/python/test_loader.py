@@ -921,9 +921,10 @@ def test_csc_cannot_be_streamed(tmp_path):
         loader(p)
 
 
-def test_multiblock_blosc_chunks_match_anndata(tmp_path):
-    """Chunks several blosc blocks long (zarr v3 sharded, lz4 and blosclz, shuffled): loads that need
-    only part of a chunk decode only its blocks; every batch row must equal anndata's row."""
+def _multiblock_store(tmp_path, indices, bad_index=None):
+    """A CSR store whose X/data (lz4, byte shuffle) and X/indices (`indices`: dtype, blosc cname,
+    shuffle, typesize) are zarr v3 sharded arrays of 16k-value inner chunks (4 per shard) made of
+    blosc blocks of 4 KiB, so that many rows cross a block boundary."""
     import zarr
     from zarr.codecs import BloscCodec
 
@@ -936,13 +937,37 @@ def test_multiblock_blosc_chunks_match_anndata(tmp_path):
     with ad.settings.override(zarr_write_format=3):
         adata.write_zarr(path)
     root = zarr.open_group(path, mode="r+")
-    for name, cname in (("data", "lz4"), ("indices", "blosclz")):
+    idtype, cname, shuffle, typesize = indices
+    data_codec = BloscCodec(cname="lz4", clevel=3, shuffle="shuffle", blocksize=4096)
+    index_codec = BloscCodec(cname=cname, clevel=3, shuffle=shuffle, typesize=typesize,
+                             blocksize=4096)
+    for name, dtype, codec in (("data", None, data_codec), ("indices", idtype, index_codec)):
         values = root["X"][name][...]
+        if dtype is not None:
+            values = values.astype(dtype)
+        if name == "indices" and bad_index is not None:
+            values[bad_index] = 60_000
         del root["X"][name]
-        # 96k-value inner chunks: 3 blosc blocks of 128 KiB (clevel 3) for float32; 4 per shard
-        root["X"].create_array(name, data=values, shards=(4 * 96_000,), chunks=(96_000,),
-                               compressors=BloscCodec(cname=cname, clevel=3, shuffle="shuffle"))
+        root["X"].create_array(name, data=values, shards=(4 * 16_000,), chunks=(16_000,),
+                               compressors=codec)
     zarr.consolidate_metadata(path)
+    return path, n
+
+
+# Indices: blosclz (decoded whole, then cut); lz4 uint16 with byte shuffle (decoded block by block
+# and widened to int32 on the way into the batch); lz4 int64 without shuffle; lz4 with bit shuffle
+# and lz4 with a shuffle typesize other than the element size (both decoded another way).
+MULTIBLOCK_INDICES = [("int32", "blosclz", "shuffle", None), ("uint16", "lz4", "shuffle", None),
+                      ("int64", "lz4", "noshuffle", None), ("int32", "lz4", "bitshuffle", None),
+                      ("int32", "lz4", "shuffle", 8)]
+
+
+@pytest.mark.parametrize("indices", MULTIBLOCK_INDICES, ids=lambda t: "-".join(map(str, t)))
+def test_multiblock_blosc_chunks_match_anndata(tmp_path, indices):
+    """Chunks several blosc blocks long: loads that need only part of a chunk decode only its
+    blocks, straight into the batches where the codec allows; every batch row must equal
+    anndata's row."""
+    path, n = _multiblock_store(tmp_path, indices)
     expected = ad.read_zarr(path).X.toarray()
     for chunk, pre in ((16, 8), (5, 16), (64, 2)):
         ld = annstream.Loader(path, batch_size=8, chunk_size=chunk, preload_nchunks=pre,
@@ -955,3 +980,18 @@ def test_multiblock_blosc_chunks_match_anndata(tmp_path):
                 np.testing.assert_array_equal(b["X"].toarray(), expected[b["index"]])
                 seen[b["index"]] += 1
             assert (seen == 1).all()
+
+
+def test_multiblock_index_out_of_range_is_an_error(tmp_path):
+    """A uint16 column index past n_vars inside a block-by-block decoded (lz4, byte shuffle) chunk
+    is caught on its way into the batch: FormatError naming the store, X and the reason, never a
+    wrong batch."""
+    path, n = _multiblock_store(tmp_path, ("uint16", "lz4", "shuffle", None), bad_index=15_000)
+    ld = annstream.Loader(path, batch_size=64, chunk_size=16, preload_nchunks=8, seed=1)
+    with pytest.raises(annstream.FormatError, match=r"blocks\.zarr: element 'X': a column index "
+                       r"outside \[0, 400\)"):
+        for _ in ld:
+            pass
+    with annstream.open(path) as store:
+        with pytest.raises(annstream.FormatError, match="column index outside"):
+            store["X"].read_rows(slice(None))
