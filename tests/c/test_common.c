@@ -835,85 +835,111 @@ static void test_json_large(void)
 static void test_stream_copy(void)
 {
     enum { CAP = 5000 };
-    uint8_t *src = malloc(CAP + 64), *dst = malloc(CAP + 64);
+    uint8_t *src = malloc(CAP + 128), *dst = malloc(CAP + 128);
     CHECK(src && dst);
     if (!src || !dst) goto out;
-    for (size_t i = 0; i < CAP + 64; i++) src[i] = (uint8_t)(i * 131 + 7);
+    int best = ans_stream_isa();
+    CHECK(best >= ANS_ISA_PLAIN && best <= ANS_ISA_AVX512);
+    for (size_t i = 0; i < CAP + 128; i++) src[i] = (uint8_t)(i * 131 + 7);
     const size_t lens[] = {0, 1, 15, 255, 256, 257, 1000, 4096, CAP};
-    for (size_t so = 0; so < 3; so++)
-        for (size_t d0 = 0; d0 < 17; d0 += 5)
-            for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
-                memset(dst, 0xEE, CAP + 64);
-                ans_stream_copy(dst + d0, src + so, lens[k]);
-                ans_stream_fence();
-                CHECK(memcmp(dst + d0, src + so, lens[k]) == 0);
-                /* nothing outside the destination is touched */
-                for (size_t i = 0; i < d0; i++) CHECK(dst[i] == 0xEE);
-                CHECK(dst[d0 + lens[k]] == 0xEE);
-            }
+    for (int isa = ANS_ISA_PLAIN; isa <= best + 1; isa++) /* best + 1: the public function */
+        for (size_t so = 0; so < 3; so++)
+            for (size_t d0 = 0; d0 < 70; d0 += 23)
+                for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
+                    memset(dst, 0xEE, CAP + 128);
+                    if (isa <= best)
+                        ans_stream_copy_isa(isa, dst + d0, src + so, lens[k]);
+                    else
+                        ans_stream_copy(dst + d0, src + so, lens[k]);
+                    ans_stream_fence();
+                    CHECK(memcmp(dst + d0, src + so, lens[k]) == 0);
+                    /* nothing outside the destination is touched */
+                    for (size_t i = 0; i < d0; i++) CHECK(dst[i] == 0xEE);
+                    CHECK(dst[d0 + lens[k]] == 0xEE);
+                }
 out:
     free(src);
     free(dst);
+}
+
+static size_t u16_i32(int isa, void *dst, const void *src, size_t n, uint64_t lim)
+{
+    return isa <= ans_stream_isa() ? ans_stream_u16_i32_isa(isa, dst, src, n, lim)
+                                   : ans_stream_u16_i32(dst, src, n, lim);
 }
 
 static void test_stream_u16_i32(void)
 {
     enum { N = 777 };
     uint16_t src[N];
-    int32_t out[N + 8];
-    for (size_t i = 0; i < N; i++) src[i] = (uint16_t)((i * 37) % 1000);
-    for (size_t off = 0; off < 4; off++) {
-        int32_t *dst = (int32_t *)(void *)((char *)out + 4 * off);
-        CHECK(ans_stream_u16_i32(dst, src, N, 1000) == N);
+    int32_t out[N + 20];
+    for (int isa = ANS_ISA_PLAIN; isa <= ans_stream_isa() + 1; isa++) {
+        for (size_t i = 0; i < N; i++) src[i] = (uint16_t)((i * 37) % 1000);
+        for (size_t off = 0; off < 17; off++) { /* every head length up to a 64-byte line */
+            int32_t *dst = out + off;
+            CHECK(u16_i32(isa, dst, src, N, 1000) == N);
+            ans_stream_fence();
+            int ok = 1;
+            for (size_t i = 0; i < N; i++) ok &= dst[i] == (int32_t)src[i];
+            CHECK(ok);
+            /* limit above every uint16 value */
+            CHECK(u16_i32(isa, dst, src, N, (uint64_t)1 << 40) == N);
+            CHECK(u16_i32(isa, dst, src, N, 65536) == N);
+        }
+        /* the first value >= lim, placed in the head, the vector body and the tail */
+        const size_t at[] = {0, 3, 14, 64, 100, 500, 770, N - 1};
+        for (size_t k = 0; k < sizeof at / sizeof at[0]; k++)
+            for (size_t off = 0; off < 17; off += 5) {
+                uint16_t save = src[at[k]];
+                src[at[k]] = 1000;
+                CHECK(u16_i32(isa, out + off, src, N, 1000) == at[k]);
+                src[at[k]] = 65535;
+                CHECK(u16_i32(isa, out + off, src, N, 65535) == at[k]);
+                CHECK(u16_i32(isa, out + off, src, N, 65536) == N);
+                src[at[k]] = save;
+            }
+        CHECK(u16_i32(isa, out, src, N, 0) == 0);
+        CHECK(u16_i32(isa, out, src, 0, 0) == 0);
         ans_stream_fence();
-        int ok = 1;
-        for (size_t i = 0; i < N; i++) ok &= dst[i] == (int32_t)src[i];
-        CHECK(ok);
-        /* limit above every uint16 value */
-        CHECK(ans_stream_u16_i32(dst, src, N, (uint64_t)1 << 40) == N);
-        CHECK(ans_stream_u16_i32(dst, src, N, 65536) == N);
     }
-    /* the first value >= lim, placed in the head, the vector body and the tail */
-    const size_t at[] = {0, 3, 64, 100, 500, 770, N - 1};
-    for (size_t k = 0; k < sizeof at / sizeof at[0]; k++) {
-        uint16_t save = src[at[k]];
-        src[at[k]] = 1000;
-        CHECK(ans_stream_u16_i32(out + 1, src, N, 1000) == at[k]);
-        src[at[k]] = 65535;
-        CHECK(ans_stream_u16_i32(out, src, N, 65535) == at[k]);
-        CHECK(ans_stream_u16_i32(out, src, N, 65536) == N);
-        src[at[k]] = save;
-    }
-    CHECK(ans_stream_u16_i32(out, src, N, 0) == 0);
-    CHECK(ans_stream_u16_i32(out, src, 0, 0) == 0);
-    ans_stream_fence();
+}
+
+static size_t i32_i32(int isa, void *dst, const void *src, size_t n, uint64_t lim)
+{
+    return isa <= ans_stream_isa() ? ans_stream_i32_i32_isa(isa, dst, src, n, lim)
+                                   : ans_stream_i32_i32(dst, src, n, lim);
 }
 
 static void test_stream_i32_i32(void)
 {
     enum { N = 555 };
-    int32_t src[N], out[N + 4];
-    for (size_t i = 0; i < N; i++) src[i] = (int32_t)((i * 7919) % 30000);
-    for (size_t off = 0; off < 4; off++) {
-        CHECK(ans_stream_i32_i32(out + off, src, N, 30000) == N);
+    int32_t src[N], out[N + 20];
+    for (int isa = ANS_ISA_PLAIN; isa <= ans_stream_isa() + 1; isa++) {
+        for (size_t i = 0; i < N; i++) src[i] = (int32_t)((i * 7919) % 30000);
+        for (size_t off = 0; off < 17; off++) {
+            CHECK(i32_i32(isa, out + off, src, N, 30000) == N);
+            ans_stream_fence();
+            CHECK(memcmp(out + off, src, sizeof src) == 0);
+        }
+        const size_t at[] = {0, 2, 13, 64, 300, 553, N - 1};
+        for (size_t k = 0; k < sizeof at / sizeof at[0]; k++)
+            for (size_t off = 0; off < 17; off += 4) {
+                int32_t save = src[at[k]];
+                src[at[k]] = -1;
+                CHECK(i32_i32(isa, out + off, src, N, 30000) == at[k]);
+                src[at[k]] = INT32_MIN;
+                CHECK(i32_i32(isa, out + off, src, N, (uint64_t)1 << 31) == at[k]);
+                src[at[k]] = 30000;
+                CHECK(i32_i32(isa, out + off, src, N, 30000) == at[k]);
+                CHECK(i32_i32(isa, out + off, src, N, 30001) == N);
+                src[at[k]] = INT32_MAX;
+                CHECK(i32_i32(isa, out + off, src, N, (uint64_t)1 << 31) == N);
+                CHECK(i32_i32(isa, out + off, src, N, (uint64_t)INT32_MAX) == at[k]);
+                src[at[k]] = save;
+            }
+        CHECK(i32_i32(isa, out, src, N, 0) == 0);
         ans_stream_fence();
-        CHECK(memcmp(out + off, src, sizeof src) == 0);
     }
-    const size_t at[] = {0, 2, 64, 300, 553, N - 1};
-    for (size_t k = 0; k < sizeof at / sizeof at[0]; k++) {
-        int32_t save = src[at[k]];
-        src[at[k]] = -1;
-        CHECK(ans_stream_i32_i32(out + 3, src, N, 30000) == at[k]);
-        src[at[k]] = 30000;
-        CHECK(ans_stream_i32_i32(out, src, N, 30000) == at[k]);
-        CHECK(ans_stream_i32_i32(out, src, N, 30001) == N);
-        src[at[k]] = INT32_MAX;
-        CHECK(ans_stream_i32_i32(out, src, N, (uint64_t)1 << 31) == N);
-        CHECK(ans_stream_i32_i32(out, src, N, (uint64_t)INT32_MAX) == at[k]);
-        src[at[k]] = save;
-    }
-    CHECK(ans_stream_i32_i32(out, src, N, 0) == 0);
-    ans_stream_fence();
 }
 
 ANS_TEST_MAIN({"error_roundtrip", test_error_roundtrip},
