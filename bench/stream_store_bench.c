@@ -96,7 +96,8 @@ static void *run(void *arg)
     }
     memset(src, 1, SRC_BYTES);
     memset(dst, 0, j->dest); /* fault the pages in before timing */
-    for (size_t i = 0; i < nrows; i++) order[i] = i;
+    for (size_t i = 0; i < nrows; i++)
+        order[i] = i;
     uint64_t r = 88172645463325252ull;
     for (size_t i = nrows - 1; i > 0; i--) {
         r ^= r << 13, r ^= r >> 7, r ^= r << 17;

@@ -7,6 +7,7 @@
 #include "codec/codec.h"
 
 #include "common/error.h"
+#include "common/stream.h"
 
 #include <blosc.h>
 #include <lz4.h>
@@ -247,14 +248,63 @@ int ans_blosc_decode(ans_codec_ctx *ctx, const void *src, size_t srclen, void *d
     return ANS_OK;
 }
 
-/* Undo c-blosc's byte shuffle for the first m items of a block of n items: byte t of item i was
- * stored at t * n + i. */
-static void unshuffle_items(size_t ts, size_t n, size_t m, const uint8_t *restrict src,
-                            uint8_t *restrict dst)
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_AVX2_UNSHUFFLE 1
+/* unshuffle_items for typesize 4 and 2 with AVX2, 32 items a round; returns the items done. The
+ * byte unpacks work within 128-bit lanes, so each round's results are put back in order with a
+ * lane permute. */
+__attribute__((target("avx2"))) static size_t
+unshuffle_avx2(size_t ts, size_t n, size_t m, const uint8_t *restrict src, uint8_t *restrict dst)
 {
     size_t i = 0;
-#if defined(__SSE2__)
     if (ts == 4) {
+        const uint8_t *s0 = src, *s1 = src + n, *s2 = src + 2 * n, *s3 = src + 3 * n;
+        for (; i + 32 <= m; i += 32) {
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)(s0 + i));
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(s1 + i));
+            __m256i x2 = _mm256_loadu_si256((const __m256i *)(const void *)(s2 + i));
+            __m256i x3 = _mm256_loadu_si256((const __m256i *)(const void *)(s3 + i));
+            __m256i l01 = _mm256_unpacklo_epi8(x0, x1), h01 = _mm256_unpackhi_epi8(x0, x1);
+            __m256i l23 = _mm256_unpacklo_epi8(x2, x3), h23 = _mm256_unpackhi_epi8(x2, x3);
+            /* lanes: a = items 0-3 | 16-19, b = 4-7 | 20-23, c = 8-11 | 24-27, d = 12-15 | 28-31 */
+            __m256i a = _mm256_unpacklo_epi16(l01, l23), b = _mm256_unpackhi_epi16(l01, l23);
+            __m256i c = _mm256_unpacklo_epi16(h01, h23), d = _mm256_unpackhi_epi16(h01, h23);
+            uint8_t *o = dst + 4 * i;
+            _mm256_storeu_si256((__m256i *)(void *)o, _mm256_permute2x128_si256(a, b, 0x20));
+            _mm256_storeu_si256((__m256i *)(void *)(o + 32), _mm256_permute2x128_si256(c, d, 0x20));
+            _mm256_storeu_si256((__m256i *)(void *)(o + 64), _mm256_permute2x128_si256(a, b, 0x31));
+            _mm256_storeu_si256((__m256i *)(void *)(o + 96), _mm256_permute2x128_si256(c, d, 0x31));
+        }
+    } else if (ts == 2) {
+        const uint8_t *s0 = src, *s1 = src + n;
+        for (; i + 32 <= m; i += 32) {
+            __m256i x0 = _mm256_loadu_si256((const __m256i *)(const void *)(s0 + i));
+            __m256i x1 = _mm256_loadu_si256((const __m256i *)(const void *)(s1 + i));
+            /* lanes: lo = items 0-7 | 16-23, hi = 8-15 | 24-31 */
+            __m256i lo = _mm256_unpacklo_epi8(x0, x1), hi = _mm256_unpackhi_epi8(x0, x1);
+            uint8_t *o = dst + 2 * i;
+            _mm256_storeu_si256((__m256i *)(void *)o, _mm256_permute2x128_si256(lo, hi, 0x20));
+            _mm256_storeu_si256((__m256i *)(void *)(o + 32),
+                                _mm256_permute2x128_si256(lo, hi, 0x31));
+        }
+    }
+    return i;
+}
+#else
+#define HAVE_AVX2_UNSHUFFLE 0
+#endif
+
+void ans_blosc_unshuffle_isa(int isa, size_t ts, size_t n, size_t m, const uint8_t *restrict src,
+                             uint8_t *restrict dst)
+{
+    size_t i = 0;
+    if (isa > ans_stream_isa()) isa = ans_stream_isa();
+#if HAVE_AVX2_UNSHUFFLE
+    if (isa >= ANS_ISA_AVX2 && (ts == 4 || ts == 2)) i = unshuffle_avx2(ts, n, m, src, dst);
+#endif
+#if defined(__SSE2__)
+    if (isa >= ANS_ISA_SSE2 && ts == 4) {
         const uint8_t *s0 = src, *s1 = src + n, *s2 = src + 2 * n, *s3 = src + 3 * n;
         for (; i + 16 <= m; i += 16) {
             __m128i x0 = _mm_loadu_si128((const __m128i *)(s0 + i));
@@ -269,7 +319,7 @@ static void unshuffle_items(size_t ts, size_t n, size_t m, const uint8_t *restri
             _mm_storeu_si128((__m128i *)(o + 32), _mm_unpacklo_epi16(h01, h23));
             _mm_storeu_si128((__m128i *)(o + 48), _mm_unpackhi_epi16(h01, h23));
         }
-    } else if (ts == 2) {
+    } else if (isa >= ANS_ISA_SSE2 && ts == 2) {
         const uint8_t *s0 = src, *s1 = src + n;
         for (; i + 16 <= m; i += 16) {
             __m128i x0 = _mm_loadu_si128((const __m128i *)(s0 + i));
@@ -281,6 +331,12 @@ static void unshuffle_items(size_t ts, size_t n, size_t m, const uint8_t *restri
 #endif
     for (; i < m; i++)
         for (size_t t = 0; t < ts; t++) dst[i * ts + t] = src[t * n + i];
+}
+
+static void unshuffle_items(size_t ts, size_t n, size_t m, const uint8_t *restrict src,
+                            uint8_t *restrict dst)
+{
+    ans_blosc_unshuffle_isa(ans_stream_isa(), ts, n, m, src, dst);
 }
 
 /* The streams of block j of a validated LZ4 frame (byte shuffle or none) that bytes [0, need) of
@@ -300,7 +356,7 @@ static int lz4_streams(const uint8_t *s, const blosc_hdr *h, uint32_t j, uint32_
     int shuffled = (h->flags & BLOSC_DOSHUFFLE) && ts > 1;
     size_t n = bsize / ts; /* whole items of the block */
     if (need > bsize || (shuffled && need > n * ts)) need = bsize; /* the tail is stored as is */
-    size_t m = shuffled ? (need + ts - 1) / ts : 0; /* items needed */
+    size_t m = shuffled ? (need + ts - 1) / ts : 0;                /* items needed */
     uint32_t neblock = bsize / nsplits;
     uint64_t pos = rd32(s + HDR + 4 * (size_t)j); /* check_streams: they lie in the frame */
     for (uint32_t k = 0; k < nsplits; k++) {
@@ -535,8 +591,8 @@ int ans_blosc_scatter(const void *src, size_t srclen, size_t nbytes, size_t w0, 
     ANS_TRY(part_head(s, srclen, srclen, nbytes, lo, hi, &h));
     int whole = w0 == 0 && w1 >= srclen;
     if (!whole && (w0 > w1 || w1 > srclen))
-        return ans_err(ANS_EINVAL, "blosc: bytes [%zu, %zu) are not inside the %zu-byte frame",
-                       w0, w1, srclen);
+        return ans_err(ANS_EINVAL, "blosc: bytes [%zu, %zu) are not inside the %zu-byte frame", w0,
+                       w1, srclen);
     if (whole) w1 = srclen;
     if (h.flags & BLOSC_MEMCPYED) {
         if (HDR + lo < w0 || HDR + hi > w1)

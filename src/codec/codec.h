@@ -85,6 +85,11 @@ typedef int (*ans_bsink)(void *ctx, size_t k, size_t at, const uint8_t *bytes, s
 int ans_blosc_scatter(const void *src, size_t srclen, size_t nbytes, size_t w0, size_t w1,
                       const ans_bseg *segs, size_t nsegs, size_t elsize, ans_bsink put, void *ctx,
                       ans_buf *scratch);
+/* Undo c-blosc's byte shuffle for the first m items of a block of n items of ts bytes (byte t of
+ * item i is at src[t * n + i]) into dst, with instructions up to `isa` (common/stream.h: ANS_ISA_*;
+ * more than the CPU has means its best). The decoders use the CPU's best; tests try them all. */
+void ans_blosc_unshuffle_isa(int isa, size_t ts, size_t n, size_t m, const uint8_t *src,
+                             uint8_t *dst);
 /* Uncompressed size of a blosc frame, after the same validation as ans_blosc_decode. */
 int ans_blosc_nbytes(const void *src, size_t srclen, size_t *nbytes);
 

@@ -2,10 +2,10 @@
  *
  * Each copy comes in up to four builds: plain C, SSE2 (16-byte streaming stores, every x86-64),
  * AVX2 (32-byte) and AVX-512 (64-byte: one store per cache line). The widest the CPU has is chosen
- * per call (__builtin_cpu_supports reads a table libgcc / compiler-rt fill once at start-up), so one
- * binary runs everywhere. On an Intel Xeon VM the loader ran 18-21% faster at chunk_size 256 with
- * AVX-512 streaming stores than with SSE2 ones (BENCHMARKS.md): a store that fills a whole line
- * leaves the write-combining buffer at once. */
+ * per call (__builtin_cpu_supports reads a table libgcc / compiler-rt fill once at start-up), so
+ * one binary runs everywhere. On an Intel Xeon VM the loader ran 18-21% faster at chunk_size 256
+ * with AVX-512 streaming stores than with SSE2 ones (BENCHMARKS.md): a store that fills a whole
+ * line leaves the write-combining buffer at once. */
 #include "common/stream.h"
 
 #include <string.h>
@@ -72,11 +72,12 @@ static size_t i32_i32_scalar(unsigned char *d, const unsigned char *s, size_t i,
 static size_t aligned_from(const unsigned char *d, size_t size, size_t align, size_t n)
 {
     size_t i = 0;
-    while (i < n && ((uintptr_t)(d + size * i) & (align - 1))) i++;
+    while (i < n && ((uintptr_t)(d + size * i) & (align - 1)))
+        i++;
     return i;
 }
 
-/* ---- copies ----------------------------------------------------------------------------------- */
+/* ---- copies ---------------------------------------------------------------------------------- */
 
 #if ANS_HAVE_STREAM
 static void copy_sse2(unsigned char *d, const unsigned char *s, size_t n)
@@ -162,7 +163,7 @@ void ans_stream_copy(void *dst, const void *src, size_t n)
     ans_stream_copy_isa(ANS_ISA_AVX512, dst, src, n);
 }
 
-/* ---- uint16 -> int32 -------------------------------------------------------------------------- */
+/* ---- uint16 -> int32 ------------------------------------------------------------------------- */
 /* Each vector body ORs the saturating differences v - (lim - 1) together: not zero <=> some
  * v > lim - 1. Then the scalar loop finds the first such value from where the body started. */
 
@@ -222,8 +223,7 @@ TARGET_AVX512 static size_t u16_i32_avx512(unsigned char *d, const unsigned char
     for (; i + 32 <= n; i += 32) {
         __m512i v = _mm512_loadu_si512((const void *)(s + 2 * i));
         over = _mm512_or_si512(over, _mm512_subs_epu16(v, top));
-        _mm512_stream_si512((void *)(d + 4 * i),
-                            _mm512_cvtepu16_epi32(_mm512_castsi512_si256(v)));
+        _mm512_stream_si512((void *)(d + 4 * i), _mm512_cvtepu16_epi32(_mm512_castsi512_si256(v)));
         _mm512_stream_si512((void *)(d + 4 * i + 64),
                             _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(v, 1)));
     }
@@ -239,13 +239,17 @@ size_t ans_stream_u16_i32_isa(int isa, void *dst, const void *src, size_t n, uin
     if (n && lim == 0) return 0;
     if (n >= 64) switch (usable(isa)) {
 #if ANS_HAVE_WIDE
-        case ANS_ISA_AVX512: return u16_i32_avx512(d, s, n, lim);
-        case ANS_ISA_AVX2: return u16_i32_avx2(d, s, n, lim);
+        case ANS_ISA_AVX512:
+            return u16_i32_avx512(d, s, n, lim);
+        case ANS_ISA_AVX2:
+            return u16_i32_avx2(d, s, n, lim);
 #endif
 #if ANS_HAVE_STREAM
-        case ANS_ISA_SSE2: return u16_i32_sse2(d, s, n, lim);
+        case ANS_ISA_SSE2:
+            return u16_i32_sse2(d, s, n, lim);
 #endif
-        default: break;
+        default:
+            break;
         }
     return u16_i32_scalar(d, s, 0, n, lim);
 }
@@ -255,7 +259,7 @@ size_t ans_stream_u16_i32(void *dst, const void *src, size_t n, uint64_t lim)
     return ans_stream_u16_i32_isa(ANS_ISA_AVX512, dst, src, n, lim);
 }
 
-/* ---- int32 -> int32, range-checked ------------------------------------------------------------ */
+/* ---- int32 -> int32, range-checked ----------------------------------------------------------- */
 
 #if ANS_HAVE_STREAM
 static size_t i32_i32_sse2(unsigned char *d, const unsigned char *s, size_t n, uint64_t lim)
@@ -290,8 +294,8 @@ TARGET_AVX2 static size_t i32_i32_avx2(unsigned char *d, const unsigned char *s,
     size_t i0 = i;
     for (; i + 8 <= n; i += 8) {
         __m256i v = _mm256_loadu_si256((const __m256i *)(const void *)(s + 4 * i));
-        bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi32(zero, v),
-                                                   _mm256_cmpgt_epi32(v, top)));
+        bad = _mm256_or_si256(
+            bad, _mm256_or_si256(_mm256_cmpgt_epi32(zero, v), _mm256_cmpgt_epi32(v, top)));
         _mm256_stream_si256((__m256i *)(void *)(d + 4 * i), v);
     }
     if (!_mm256_testz_si256(bad, bad)) return i32_i32_scalar(d, s, i0, i, lim);
@@ -324,13 +328,17 @@ size_t ans_stream_i32_i32_isa(int isa, void *dst, const void *src, size_t n, uin
     const unsigned char *s = src;
     if (n >= 64 && lim >= 1 && lim <= ((uint64_t)1 << 31)) switch (usable(isa)) {
 #if ANS_HAVE_WIDE
-        case ANS_ISA_AVX512: return i32_i32_avx512(d, s, n, lim);
-        case ANS_ISA_AVX2: return i32_i32_avx2(d, s, n, lim);
+        case ANS_ISA_AVX512:
+            return i32_i32_avx512(d, s, n, lim);
+        case ANS_ISA_AVX2:
+            return i32_i32_avx2(d, s, n, lim);
 #endif
 #if ANS_HAVE_STREAM
-        case ANS_ISA_SSE2: return i32_i32_sse2(d, s, n, lim);
+        case ANS_ISA_SSE2:
+            return i32_i32_sse2(d, s, n, lim);
 #endif
-        default: break;
+        default:
+            break;
         }
     return i32_i32_scalar(d, s, 0, n, lim);
 }

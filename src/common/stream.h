@@ -1,11 +1,11 @@
 /* stream.h - copies into output buffers that are written once and read later by another thread
  * (batch slots): non-temporal stores where the CPU has them (SSE2, AVX2 or AVX-512 on x86-64, the
- * widest available), plain stores elsewhere. A batch of tens of MB does not fit in the caches anyway; streaming stores skip reading
- * each destination line before overwriting it, which makes these copies about 1.5-3x faster on a
- * cold destination. Streaming stores are weakly ordered: the thread that made them must call
- * ans_stream_fence() before it hands the buffer over (the pool does so after every batch of jobs a
- * thread runs; the loader before it queues batches). A fence per call would halve their speed.
- * Internal. */
+ * widest available), plain stores elsewhere. A batch of tens of MB does not fit in the caches
+ * anyway; streaming stores skip reading each destination line before overwriting it, which makes
+ * these copies about 1.5-3x faster on a cold destination. Streaming stores are weakly ordered: the
+ * thread that made them must call ans_stream_fence() before it hands the buffer over (the pool does
+ * so after every batch of jobs a thread runs; the loader before it queues batches). A fence per
+ * call would halve their speed. Internal. */
 #ifndef ANS_COMMON_STREAM_H
 #define ANS_COMMON_STREAM_H
 

@@ -3,6 +3,7 @@
  * ASan/UBSan too). */
 #include "codec/codec.h"
 #include "common/error.h"
+#include "common/stream.h"
 
 #include "harness.h"
 
@@ -573,7 +574,8 @@ static void test_blosc_scatter(void)
     uint8_t *enc = malloc(ans_blosc_bound(n)), *junk = malloc(ans_blosc_bound(n));
     enum { NSEG = 12 };
     uint8_t *out[NSEG];
-    for (int k = 0; k < NSEG; k++) out[k] = malloc(n);
+    for (int k = 0; k < NSEG; k++)
+        out[k] = malloc(n);
     ans_bseg segs[NSEG];
     ans_buf scratch = {0};
     uint64_t rs = 11;
@@ -642,9 +644,10 @@ static void test_blosc_scatter(void)
                     memset(junk, 0xEE, elen);
                     memcpy(junk, enc, hl);
                     memcpy(junk + c0, enc + c0, c1 - c0);
-                    for (size_t k = 0; k < nseg; k++) memset(out[k], 0xAB, segs[k].len);
-                    CHECK_OK(ans_blosc_scatter(junk, elen, m, c0, c1, segs, nseg, el, scat_put,
-                                               &sc, &scratch));
+                    for (size_t k = 0; k < nseg; k++)
+                        memset(out[k], 0xAB, segs[k].len);
+                    CHECK_OK(ans_blosc_scatter(junk, elen, m, c0, c1, segs, nseg, el, scat_put, &sc,
+                                               &scratch));
                     CHECK(sc.broken == 0);
                     for (size_t k = 0; k < nseg; k++)
                         CHECK(memcmp(out[k], in + segs[k].off, segs[k].len) == 0);
@@ -718,11 +721,43 @@ static void test_blosc_scatter(void)
     CHECK_RC(ans_blosc_scatter(enc, elen, n, 20, elen, segs, 2, 1, scat_put, &sc, &scratch),
              ANS_ECORRUPT);
     ans_buf_free(&scratch);
-    for (int k = 0; k < NSEG; k++) free(out[k]);
+    for (int k = 0; k < NSEG; k++)
+        free(out[k]);
     free(in);
     free(rnd);
     free(enc);
     free(junk);
+}
+
+/* Every instruction set's unshuffle gives the plain loop's bytes: typesizes with and without a
+ * vector path, item counts around the vector widths, a prefix of the block (m < n). */
+static void test_blosc_unshuffle(void)
+{
+    enum { MAXN = 300 };
+    static const size_t typesizes[] = {1, 2, 3, 4, 8};
+    uint8_t src[8 * MAXN], want[8 * MAXN + 1], got[8 * MAXN + 1];
+    uint64_t rs = 3;
+    for (size_t i = 0; i < sizeof src; i++)
+        src[i] = (uint8_t)rng_next(&rs);
+    size_t compared = 0;
+    for (size_t t = 0; t < sizeof typesizes / sizeof *typesizes; t++)
+        for (size_t n = 1; n <= MAXN; n += n < 70 ? 1 : 37)
+            for (size_t m = n > 40 ? n - 40 : 0; m <= n; m += 3) {
+                size_t ts = typesizes[t];
+                memset(want, 0xCD, sizeof want);
+                ans_blosc_unshuffle_isa(ANS_ISA_PLAIN, ts, n, m, src, want);
+                for (size_t i = 0; i < m; i++)
+                    for (size_t b = 0; b < ts; b++)
+                        CHECK(want[i * ts + b] == src[b * n + i]);
+                CHECK(want[m * ts] == 0xCD);
+                for (int isa = ANS_ISA_SSE2; isa <= ANS_ISA_AVX512; isa++) {
+                    memset(got, 0xCD, sizeof got);
+                    ans_blosc_unshuffle_isa(isa, ts, n, m, src, got);
+                    CHECK(memcmp(got, want, m * ts + 1) == 0);
+                    compared++;
+                }
+            }
+    CHECK(compared > 1000);
 }
 
 static void test_blosc_encode_args(void)
@@ -1298,9 +1333,9 @@ static void test_ctx_threads(void)
 ANS_TEST_MAIN({"crc32c_known", test_crc32c_known}, {"crc32c_random", test_crc32c_random},
               {"crc32c_shard_example", test_crc32c_shard_example}, {"byteswap", test_byteswap},
               {"vlen_fixed", test_vlen_fixed}, {"vlen_corrupt", test_vlen_corrupt},
-              {"blosc_roundtrip", test_blosc_roundtrip},
-              {"blosc_range", test_blosc_range},
+              {"blosc_roundtrip", test_blosc_roundtrip}, {"blosc_range", test_blosc_range},
               {"blosc_span", test_blosc_span}, {"blosc_scatter", test_blosc_scatter},
+              {"blosc_unshuffle", test_blosc_unshuffle},
               {"blosc_encode_args", test_blosc_encode_args}, {"blosc_fixed", test_blosc_fixed},
               {"blosc_corrupt_header", test_blosc_corrupt_header},
               {"blosc_corrupt_blocks", test_blosc_corrupt_blocks}, {"blosc_fuzz", test_blosc_fuzz},

@@ -840,7 +840,8 @@ static void test_stream_copy(void)
     if (!src || !dst) goto out;
     int best = ans_stream_isa();
     CHECK(best >= ANS_ISA_PLAIN && best <= ANS_ISA_AVX512);
-    for (size_t i = 0; i < CAP + 128; i++) src[i] = (uint8_t)(i * 131 + 7);
+    for (size_t i = 0; i < CAP + 128; i++)
+        src[i] = (uint8_t)(i * 131 + 7);
     const size_t lens[] = {0, 1, 15, 255, 256, 257, 1000, 4096, CAP};
     for (int isa = ANS_ISA_PLAIN; isa <= best + 1; isa++) /* best + 1: the public function */
         for (size_t so = 0; so < 3; so++)
@@ -854,7 +855,8 @@ static void test_stream_copy(void)
                     ans_stream_fence();
                     CHECK(memcmp(dst + d0, src + so, lens[k]) == 0);
                     /* nothing outside the destination is touched */
-                    for (size_t i = 0; i < d0; i++) CHECK(dst[i] == 0xEE);
+                    for (size_t i = 0; i < d0; i++)
+                        CHECK(dst[i] == 0xEE);
                     CHECK(dst[d0 + lens[k]] == 0xEE);
                 }
 out:
@@ -874,13 +876,15 @@ static void test_stream_u16_i32(void)
     uint16_t src[N];
     int32_t out[N + 20];
     for (int isa = ANS_ISA_PLAIN; isa <= ans_stream_isa() + 1; isa++) {
-        for (size_t i = 0; i < N; i++) src[i] = (uint16_t)((i * 37) % 1000);
+        for (size_t i = 0; i < N; i++)
+            src[i] = (uint16_t)((i * 37) % 1000);
         for (size_t off = 0; off < 17; off++) { /* every head length up to a 64-byte line */
             int32_t *dst = out + off;
             CHECK(u16_i32(isa, dst, src, N, 1000) == N);
             ans_stream_fence();
             int ok = 1;
-            for (size_t i = 0; i < N; i++) ok &= dst[i] == (int32_t)src[i];
+            for (size_t i = 0; i < N; i++)
+                ok &= dst[i] == (int32_t)src[i];
             CHECK(ok);
             /* limit above every uint16 value */
             CHECK(u16_i32(isa, dst, src, N, (uint64_t)1 << 40) == N);
@@ -915,7 +919,8 @@ static void test_stream_i32_i32(void)
     enum { N = 555 };
     int32_t src[N], out[N + 20];
     for (int isa = ANS_ISA_PLAIN; isa <= ans_stream_isa() + 1; isa++) {
-        for (size_t i = 0; i < N; i++) src[i] = (int32_t)((i * 7919) % 30000);
+        for (size_t i = 0; i < N; i++)
+            src[i] = (int32_t)((i * 7919) % 30000);
         for (size_t off = 0; off < 17; off++) {
             CHECK(i32_i32(isa, out + off, src, N, 30000) == N);
             ans_stream_fence();
