@@ -5,6 +5,7 @@
  *
  *   sse2-stream  16-byte non-temporal stores (annstream's ans_stream_copy)
  *   avx2-stream  32-byte non-temporal stores (only where the CPU has AVX2)
+ *   avx512-stream 64-byte non-temporal stores, one per cache line (only with AVX-512)
  *   memcpy       glibc's memcpy (plain stores at this size)
  *   rep-movsb    the string instruction
  *
@@ -63,6 +64,20 @@ __attribute__((target("avx2"))) static void avx2_stream(void *dst, const void *s
         for (int k = 0; k < 4; k++)
             _mm256_stream_si256((__m256i *)(void *)(d + 32 * k),
                                 _mm256_loadu_si256((const __m256i *)(const void *)(s + 32 * k)));
+    memcpy(d, s, n);
+}
+
+__attribute__((target("avx512f"))) static void avx512_stream(void *dst, const void *src, size_t n)
+{
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    size_t head = (size_t)(-(uintptr_t)d & 63);
+    memcpy(d, s, head);
+    d += head, s += head, n -= head;
+    for (; n >= 128; n -= 128, d += 128, s += 128) {
+        _mm512_stream_si512((void *)d, _mm512_loadu_si512((const void *)s));
+        _mm512_stream_si512((void *)(d + 64), _mm512_loadu_si512((const void *)(s + 64)));
+    }
     memcpy(d, s, n);
 }
 
@@ -135,6 +150,7 @@ int main(int argc, char **argv)
         copy_fn fn;
     } kinds[] = {{"sse2-stream", sse2_stream},
                  {"avx2-stream", avx2_stream},
+                 {"avx512-stream", avx512_stream},
                  {"memcpy", libc_memcpy},
                  {"rep-movsb", rep_movsb}};
     __builtin_cpu_init();
@@ -143,7 +159,11 @@ int main(int argc, char **argv)
     for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++) {
         if (only && strcmp(only, kinds[k].name) != 0) continue;
         if (kinds[k].fn == avx2_stream && !__builtin_cpu_supports("avx2")) {
-            printf("%-12s (no AVX2)\n", kinds[k].name);
+            printf("%-13s (no AVX2)\n", kinds[k].name);
+            continue;
+        }
+        if (kinds[k].fn == avx512_stream && !__builtin_cpu_supports("avx512f")) {
+            printf("%-13s (no AVX-512)\n", kinds[k].name);
             continue;
         }
         pthread_t th[64];
@@ -161,7 +181,7 @@ int main(int argc, char **argv)
         }
         pthread_barrier_destroy(&start);
         double bytes = (double)threads * (double)rounds * (double)(dest / row * row);
-        printf("%-12s %6.1f GB/s\n", kinds[k].name, bytes / dt / 1e9);
+        printf("%-13s %6.1f GB/s\n", kinds[k].name, bytes / dt / 1e9);
     }
     return 0;
 }
