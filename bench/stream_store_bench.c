@@ -3,19 +3,21 @@
  * that one step alone, from a hot 400 KiB source (a decoded chunk) into a destination of --dest MiB
  * per thread, rows in a shuffled order, with four kinds of stores:
  *
- *   sse2-stream  16-byte non-temporal stores (annstream's ans_stream_copy)
- *   avx2-stream  32-byte non-temporal stores (only where the CPU has AVX2)
- *   avx512-stream 64-byte non-temporal stores, one per cache line (only with AVX-512)
+ *   sse2-stream   annstream's ans_stream_copy with 16-byte non-temporal stores
+ *   avx2-stream   the same with 32-byte ones (only where the CPU has AVX2)
+ *   avx512-stream the same with 64-byte ones, one per cache line (only with AVX-512)
  *   memcpy       glibc's memcpy (plain stores at this size)
  *   rep-movsb    the string instruction
  *
- *   cc -O2 -pthread bench/stream_store_bench.c -o /tmp/stream_store_bench
+ *   cc -O2 -pthread -Isrc bench/stream_store_bench.c -o /tmp/stream_store_bench
  *   /tmp/stream_store_bench [THREADS [ROW_BYTES [DEST_MIB [ROUNDS [KIND]]]]]
  *
  * (defaults 1 6256 512 3, every kind; each kind in a fresh process gives steadier figures).
  *
  * Prints GB/s per kind: bytes written by all threads / the slowest thread's copy time (set-up,
  * page faults included, is not timed). x86-64 only. */
+#include "common/stream.c" /* the copies measured are the library's own */
+
 #include <immintrin.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -33,52 +35,20 @@ static double now(void)
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
-static void sse2_stream(void *dst, const void *src, size_t n)
+/* annstream's own copies (src/common/stream.c, compiled in), at each instruction set */
+static void sse2_stream(void *d, const void *s, size_t n)
 {
-    unsigned char *d = dst;
-    const unsigned char *s = src;
-    size_t head = (size_t)(-(uintptr_t)d & 15);
-    memcpy(d, s, head);
-    d += head, s += head, n -= head;
-    for (; n >= 64; n -= 64, d += 64, s += 64) {
-        __m128i a = _mm_loadu_si128((const __m128i *)(const void *)s);
-        __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(s + 16));
-        __m128i c = _mm_loadu_si128((const __m128i *)(const void *)(s + 32));
-        __m128i e = _mm_loadu_si128((const __m128i *)(const void *)(s + 48));
-        _mm_stream_si128((__m128i *)(void *)d, a);
-        _mm_stream_si128((__m128i *)(void *)(d + 16), b);
-        _mm_stream_si128((__m128i *)(void *)(d + 32), c);
-        _mm_stream_si128((__m128i *)(void *)(d + 48), e);
-    }
-    memcpy(d, s, n);
+    ans_stream_copy_isa(ANS_ISA_SSE2, d, s, n);
 }
 
-__attribute__((target("avx2"))) static void avx2_stream(void *dst, const void *src, size_t n)
+static void avx2_stream(void *d, const void *s, size_t n)
 {
-    unsigned char *d = dst;
-    const unsigned char *s = src;
-    size_t head = (size_t)(-(uintptr_t)d & 31);
-    memcpy(d, s, head);
-    d += head, s += head, n -= head;
-    for (; n >= 128; n -= 128, d += 128, s += 128)
-        for (int k = 0; k < 4; k++)
-            _mm256_stream_si256((__m256i *)(void *)(d + 32 * k),
-                                _mm256_loadu_si256((const __m256i *)(const void *)(s + 32 * k)));
-    memcpy(d, s, n);
+    ans_stream_copy_isa(ANS_ISA_AVX2, d, s, n);
 }
 
-__attribute__((target("avx512f"))) static void avx512_stream(void *dst, const void *src, size_t n)
+static void avx512_stream(void *d, const void *s, size_t n)
 {
-    unsigned char *d = dst;
-    const unsigned char *s = src;
-    size_t head = (size_t)(-(uintptr_t)d & 63);
-    memcpy(d, s, head);
-    d += head, s += head, n -= head;
-    for (; n >= 128; n -= 128, d += 128, s += 128) {
-        _mm512_stream_si512((void *)d, _mm512_loadu_si512((const void *)s));
-        _mm512_stream_si512((void *)(d + 64), _mm512_loadu_si512((const void *)(s + 64)));
-    }
-    memcpy(d, s, n);
+    ans_stream_copy_isa(ANS_ISA_AVX512, d, s, n);
 }
 
 static void libc_memcpy(void *d, const void *s, size_t n)
@@ -158,11 +128,11 @@ int main(int argc, char **argv)
            dest >> 20, rounds);
     for (size_t k = 0; k < sizeof kinds / sizeof *kinds; k++) {
         if (only && strcmp(only, kinds[k].name) != 0) continue;
-        if (kinds[k].fn == avx2_stream && !__builtin_cpu_supports("avx2")) {
+        if (kinds[k].fn == avx2_stream && ans_stream_isa() < ANS_ISA_AVX2) {
             printf("%-13s (no AVX2)\n", kinds[k].name);
             continue;
         }
-        if (kinds[k].fn == avx512_stream && !__builtin_cpu_supports("avx512f")) {
+        if (kinds[k].fn == avx512_stream && ans_stream_isa() < ANS_ISA_AVX512) {
             printf("%-13s (no AVX-512)\n", kinds[k].name);
             continue;
         }

@@ -460,6 +460,27 @@ static int part_head(const uint8_t *s, size_t avail, size_t srclen, size_t nbyte
     return ANS_OK;
 }
 
+/* part_head for a frame of which only the head and bytes [w0, *w1) were read ([0, >= srclen): all
+ * of it; *w1 then becomes srclen): the window must lie in the frame, and a raw frame's wanted bytes
+ * [lo, hi) in the window. */
+static int window_head(const uint8_t *s, size_t srclen, size_t nbytes, size_t lo, size_t hi,
+                       size_t w0, size_t *w1, blosc_hdr *h)
+{
+    /* the head is read in any case: from the frame, or put back in front of the bytes read */
+    ANS_TRY(part_head(s, srclen, srclen, nbytes, lo, hi, h));
+    if (w0 == 0 && *w1 >= srclen)
+        *w1 = srclen;
+    else if (w0 > *w1 || *w1 > srclen)
+        return ans_err(ANS_EINVAL, "blosc: bytes [%zu, %zu) are not inside the %zu-byte frame", w0,
+                       *w1, srclen);
+    if ((h->flags & BLOSC_MEMCPYED) && (HDR + lo < w0 || HDR + hi > *w1))
+        return ans_err(ANS_ECORRUPT,
+                       "blosc: bytes [%zu, %zu) of an uncompressed frame lie outside the bytes "
+                       "read [%zu, %zu)",
+                       HDR + lo, HDR + hi, w0, *w1);
+    return ANS_OK;
+}
+
 int ans_blosc_span(const void *head, size_t headlen, size_t srclen, size_t nbytes, size_t lo,
                    size_t hi, size_t *c0, size_t *c1)
 {
@@ -502,18 +523,9 @@ int ans_blosc_decode_range_in(const void *src, size_t srclen, size_t nbytes, siz
 {
     blosc_hdr h = {0};
     const uint8_t *s = src;
-    /* the head is read in any case: from the frame, or put back in front of the bytes read */
-    ANS_TRY(part_head(s, srclen, srclen, nbytes, lo, hi, &h));
-    int whole = w0 == 0 && w1 >= srclen;
-    if (!whole && (w0 > w1 || w1 > srclen))
-        return ans_err(ANS_EINVAL, "blosc: bytes [%zu, %zu) are not inside the %zu-byte frame",
-                       w0, w1, srclen);
+    ANS_TRY(window_head(s, srclen, nbytes, lo, hi, w0, &w1, &h));
+    int whole = w0 == 0 && w1 == srclen;
     if (h.flags & BLOSC_MEMCPYED) {
-        if (HDR + lo < w0 || HDR + hi > w1)
-            return ans_err(ANS_ECORRUPT,
-                           "blosc: bytes [%zu, %zu) of an uncompressed frame lie outside the "
-                           "bytes read [%zu, %zu)",
-                           HDR + lo, HDR + hi, w0, w1);
         memcpy(dst, s + HDR + lo, hi - lo);
         return ANS_OK;
     }
@@ -540,7 +552,7 @@ int ans_blosc_decode_range_in(const void *src, size_t srclen, size_t nbytes, siz
     if (whole && first == 0 && hi == nbytes) return ANS_EUNSUPPORTED;
     /* only the blocks decoded are read: only their streams must lie in the frame (in the bytes
      * read) */
-    ANS_TRY(check_streams(s, &h, nblocks, first, last, whole ? 0 : w0, whole ? h.cbytes : w1));
+    ANS_TRY(check_streams(s, &h, nblocks, first, last, w0, w1));
     ANS_TRY(ans_buf_reserve(scratch, 2 * (size_t)bs));
     uint8_t *tmp = scratch->data, *whole_blk = scratch->data + bs;
     uint8_t *out = dst;
@@ -588,18 +600,8 @@ int ans_blosc_scatter(const void *src, size_t srclen, size_t nbytes, size_t w0, 
     }
     if (lo >= hi) return ANS_OK; /* nothing wanted */
     blosc_hdr h = {0};
-    ANS_TRY(part_head(s, srclen, srclen, nbytes, lo, hi, &h));
-    int whole = w0 == 0 && w1 >= srclen;
-    if (!whole && (w0 > w1 || w1 > srclen))
-        return ans_err(ANS_EINVAL, "blosc: bytes [%zu, %zu) are not inside the %zu-byte frame", w0,
-                       w1, srclen);
-    if (whole) w1 = srclen;
+    ANS_TRY(window_head(s, srclen, nbytes, lo, hi, w0, &w1, &h));
     if (h.flags & BLOSC_MEMCPYED) {
-        if (HDR + lo < w0 || HDR + hi > w1)
-            return ans_err(ANS_ECORRUPT,
-                           "blosc: bytes [%zu, %zu) of an uncompressed frame lie outside the "
-                           "bytes read [%zu, %zu)",
-                           HDR + lo, HDR + hi, w0, w1);
         for (size_t k = 0; k < nsegs; k++)
             if (segs[k].len) ANS_TRY(put(ctx, k, 0, s + HDR + segs[k].off, segs[k].len));
         return ANS_OK;

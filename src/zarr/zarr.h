@@ -159,6 +159,7 @@ int ans_zchain_decode_range_in(const ans_zchain *ch, ans_zws *ws, const uint8_t 
  * ans_blosc_scatter does, when the unit's only stage is blosc (no transpose or byte swap); only its
  * head and [w0, w1) need hold its bytes. ANS_EUNSUPPORTED without a message when the unit cannot be
  * decoded so: decode it with ans_zchain_decode_range_in instead. */
+int ans_zchain_can_scatter(const ans_zchain *ch); /* 0: ans_zchain_scatter always refuses */
 int ans_zchain_scatter(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
                        uint64_t w0, uint64_t w1, const ans_bseg *segs, size_t nsegs, size_t elsize,
                        ans_bsink put, void *ctx);

@@ -457,7 +457,9 @@ static int scatter_unit(zread *rd, ans_zws *ws, const zurow *ur, const uint8_t *
     ans_zarray *za = rd->za;
     uint64_t rb = za->base.row_bytes;
     size_t np = ur->p1 - ur->p0;
-    if (za->unit[0] * rb > SIZE_MAX || np > SIZE_MAX / sizeof(ans_bseg)) return ANS_EUNSUPPORTED;
+    if (!ans_zchain_can_scatter(za->uchain) || za->unit[0] * rb > SIZE_MAX ||
+        np > SIZE_MAX / sizeof(ans_bseg))
+        return ANS_EUNSUPPORTED;
     ANS_TRY(ans_buf_reserve(&ws->segs, np * sizeof(ans_bseg)));
     ans_bseg *segs = (ans_bseg *)(void *)ws->segs.data;
     for (size_t k = 0; k < np; k++) {

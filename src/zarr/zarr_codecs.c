@@ -680,6 +680,11 @@ int ans_zchain_decode_range_in(const ans_zchain *ch, ans_zws *ws, const uint8_t 
     return ANS_OK;
 }
 
+int ans_zchain_can_scatter(const ans_zchain *ch)
+{
+    return blosc_only(ch);
+}
+
 int ans_zchain_scatter(const ans_zchain *ch, ans_zws *ws, const uint8_t *src, size_t len,
                        uint64_t w0, uint64_t w1, const ans_bseg *segs, size_t nsegs, size_t elsize,
                        ans_bsink put, void *ctx)
