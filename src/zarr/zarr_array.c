@@ -448,8 +448,8 @@ static int sink_piece(void *ctx, size_t k, size_t at, const uint8_t *bytes, size
     return ANS_OK;
 }
 
-/* Decode a unit of whole rows straight into its pieces, each block once and unshuffled in pieces
- * that stay in L1 (ans_zchain_scatter), instead of into ws->chunk and copying from there.
+/* Decode a unit of whole rows straight into its pieces, each block once and unshuffled in cached
+ * 32 KiB pieces (ans_zchain_scatter), instead of into ws->chunk and copying from there.
  * ANS_EUNSUPPORTED when its codecs do not allow it. */
 static int scatter_unit(zread *rd, ans_zws *ws, const zurow *ur, const uint8_t *src, size_t len,
                         uint64_t w0, uint64_t w1)
